@@ -1,0 +1,120 @@
+"""SFPConfig: every knob of SFP-SPEC.md, with the reference profile as defaults."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+OutlierMethod = Literal["som", "l2", "lof", "none"]
+Precision = Literal["fp32", "fp16", "bf16"]
+
+# SFP-SPEC.md section 8: per-vocabulary reference settings (ViT-B/16).
+PRESETS: dict[str, dict[str, Any]] = {
+    "voc21": {"short_side": 336, "logit_scale": 50.0, "prob_thd": 0.15, "area_thd": 0.1},
+    "context60": {"short_side": 336, "logit_scale": 40.0, "prob_thd": 0.15},
+    "coco_object": {"short_side": 336, "logit_scale": 55.0, "prob_thd": 0.35},
+    "voc20": {"short_side": 336, "logit_scale": 40.0, "prob_thd": 0.0},
+    "context59": {"short_side": 336, "logit_scale": 40.0, "prob_thd": 0.0},
+    "coco_stuff": {"short_side": 336, "logit_scale": 40.0, "prob_thd": 0.0},
+    "cityscapes": {"short_side": 560, "logit_scale": 40.0, "prob_thd": 0.0},
+    "ade20k": {"short_side": 384, "logit_scale": 40.0, "prob_thd": 0.0},
+}
+
+
+class SFPConfig(BaseModel):
+    """All SFP settings. `SFPConfig()` is the authors' reference profile."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # SOF: outlier detection and purification
+    outlier_method: OutlierMethod = "som"
+    top_k: int = Field(10, ge=1)
+    lof_neighbors: int = Field(30, ge=1)
+    lof_contamination: float = Field(0.05, gt=0.0, lt=1.0)
+    res_cls: float = 0.3
+    res_scale: float = 5.0
+    detect_block: int | None = Field(None, ge=1, description="None = L-1 (the last block's input)")
+    purify_stream: tuple[int, ...] = ()
+    # similarity maps and fusion
+    tau: float = 0.4
+    ref_block: int = Field(9, ge=1)
+    aux_block: int = Field(4, ge=1)
+    fuse_start: int = Field(4, ge=1)
+    fuse_end: int = Field(10, ge=1)
+    # head and post-processing
+    logit_scale: float = Field(40.0, gt=0.0)
+    prob_thd: float = Field(0.0, ge=0.0, le=1.0)
+    area_thd: float | None = Field(None, ge=0.0, le=1.0)
+    pamr_steps: int = Field(0, ge=0)
+    # whole images
+    slide_crop: int = Field(224, ge=0)
+    slide_stride: int = Field(112, ge=1)
+    short_side: int = Field(336, ge=1)
+    long_side: int = Field(2048, ge=1)
+    # execution
+    precision: Precision = "fp32"
+    max_windows_per_forward: int = Field(64, ge=1)
+
+    @model_validator(mode="after")
+    def _check_ranges(self) -> SFPConfig:
+        if self.fuse_start > self.fuse_end:
+            raise ValueError(f"fuse_start ({self.fuse_start}) must not exceed fuse_end ({self.fuse_end})")
+        if self.slide_crop and self.slide_stride > self.slide_crop:
+            raise ValueError(
+                f"slide_stride ({self.slide_stride}) larger than slide_crop ({self.slide_crop}) leaves gaps"
+            )
+        if any(b < 1 for b in self.purify_stream):
+            raise ValueError(f"purify_stream blocks must be >= 1, got {list(self.purify_stream)}")
+        if self.short_side > self.long_side:
+            raise ValueError(f"short_side ({self.short_side}) must not exceed long_side ({self.long_side})")
+        return self
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> SFPConfig:
+        """The reference settings of a benchmark vocabulary (SFP-SPEC.md section 8)."""
+        key = name.lower().replace("-", "_")
+        if key not in PRESETS:
+            raise ValueError(f"unknown SFP preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")
+        return cls(**{**PRESETS[key], **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (job files and manifests embed it)."""
+        data = self.model_dump()
+        data["purify_stream"] = list(self.purify_stream)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SFPConfig:
+        """Inverse of `to_dict`; a `preset` key selects the base profile."""
+        data = dict(data)
+        preset = data.pop("preset", None)
+        return cls.preset(preset, **data) if preset else cls(**data)
+
+    def config_hash(self) -> str:
+        """Short stable hash of the settings that change the output."""
+        settings = self.to_dict()
+        settings.pop("max_windows_per_forward")  # batching never changes a result
+        blob = json.dumps(settings, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def with_block_defaults(self, depth: int) -> SFPConfig:
+        """Resolve `detect_block` for a ViT of `depth` blocks and check every index fits."""
+        resolved = self if self.detect_block is not None else self.model_copy(update={"detect_block": depth - 1})
+        last_usable = depth - 1
+        named = {
+            "detect_block": resolved.detect_block,
+            "ref_block": resolved.ref_block,
+            "aux_block": resolved.aux_block,
+            "fuse_start": resolved.fuse_start,
+            "fuse_end": resolved.fuse_end,
+        }
+        named.update({f"purify_stream[{i}]": b for i, b in enumerate(resolved.purify_stream)})
+        for field, block in named.items():
+            if block > last_usable:
+                raise ValueError(
+                    f"{field}={block} is out of range for a ViT with {depth} blocks (allowed 1..{last_usable})"
+                )
+        return resolved

@@ -1,0 +1,258 @@
+"""SFPSegmenter: whole images in, masks and outlier statistics out, windows batched."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import warnings
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .backbone import Backbone, load_backbone
+from .config import SFPConfig
+from .pamr import pamr
+from .postprocess import apply_area_threshold, class_probabilities, label_map
+from .purifier import sfp_windows
+from .results import ImageStats, Outlier, SegmentResult
+from .text import TextEmbeddingCache
+from .vit import ViTRunner
+from .vocabulary import Vocabulary
+from .windows import normalise, resize_image, window_grid, working_size
+
+log = logging.getLogger(__name__)
+
+_AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class _Window:
+    image: int
+    index: int  # position in the image's sliding-window order
+    y1: int
+    x1: int
+    y2: int
+    x2: int
+
+
+class SFPSegmenter:
+    """Training-free open-vocabulary segmentation with SFP on a frozen CLIP ViT."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        vocabulary: Vocabulary,
+        config: SFPConfig | None = None,
+        device: str | torch.device = "cpu",
+    ):
+        self.device = torch.device(device)
+        self.backbone = backbone
+        self.model = backbone.model.to(self.device).eval()
+        self.runner = ViTRunner(self.model.visual)
+        self.config = (config or SFPConfig()).with_block_defaults(self.runner.depth)
+        self._autocast_dtype = None
+        if self.config.precision != "fp32":
+            if self.device.type == "cuda":
+                self._autocast_dtype = _AUTOCAST_DTYPES[self.config.precision]
+            else:
+                warnings.warn(f"precision {self.config.precision} is for CUDA; running fp32 on CPU", stacklevel=2)
+        self._text = TextEmbeddingCache(self.model, backbone.tokenizer, self.device)
+        self.set_vocabulary(vocabulary)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        arch: str = "ViT-B-16",
+        weights: str = "openai",
+        vocabulary: Vocabulary | Sequence[Sequence[str] | str] | str | Path | None = None,
+        config: SFPConfig | None = None,
+        device: str | torch.device = "cpu",
+        *,
+        quick_gelu: bool | None = None,
+        storage_options: dict[str, Any] | None = None,
+        cache_dir: str | Path | None = None,
+        sha256: str | None = None,
+        seed: int = 0,
+    ) -> SFPSegmenter:
+        """Load `arch` with `weights` (open_clip tag | file | fsspec URI | "random")."""
+        if vocabulary is None:
+            raise ValueError("vocabulary is required: a Vocabulary, a list of classes, or a class-name file")
+        if isinstance(vocabulary, (str, Path)):
+            vocabulary = Vocabulary.from_file(vocabulary)
+        elif not isinstance(vocabulary, Vocabulary):
+            vocabulary = Vocabulary(vocabulary)
+        backbone = load_backbone(
+            arch,
+            weights,
+            quick_gelu=quick_gelu,
+            storage_options=storage_options,
+            cache_dir=cache_dir,
+            sha256=sha256,
+            seed=seed,
+        )
+        return cls(backbone, vocabulary, config, device)
+
+    # vocabulary -----------------------------------------------------------------
+    def set_vocabulary(self, vocabulary: Vocabulary) -> None:
+        """Switch classes; names already encoded are reused."""
+        self.vocabulary = vocabulary
+        self.text_features = self._text.features(vocabulary.query_names)
+        self._query_to_class = torch.tensor(vocabulary.query_to_class, device=self.device)
+
+    @property
+    def patch_size(self) -> int:
+        return self.runner.patch
+
+    # images ---------------------------------------------------------------------
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """Resize an `H x W x 3` uint8 RGB image to SFP's working size (CPU-side step)."""
+        _check_image(image, "image")
+        size = working_size(*image.shape[:2], self.config.short_side, self.config.long_side, self.runner.patch)
+        return resize_image(image, size)
+
+    @torch.inference_mode()
+    def segment(
+        self,
+        images: Sequence[np.ndarray],
+        *,
+        original_sizes: Sequence[tuple[int, int]] | None = None,
+        return_probs: bool = False,
+    ) -> list[SegmentResult]:
+        """Segment `H x W x 3` uint8 RGB images of any sizes.
+
+        With `original_sizes`, the images are taken as already `prepare`d and
+        the masks come out at the given sizes instead.
+        """
+        if original_sizes is not None and len(original_sizes) != len(images):
+            raise ValueError(f"{len(original_sizes)} original_sizes for {len(images)} images")
+        pixels, sizes = [], []
+        for i, image in enumerate(images):
+            _check_image(image, f"image {i}")
+            working = image if original_sizes is not None else self.prepare(image)
+            sizes.append(tuple(original_sizes[i]) if original_sizes is not None else image.shape[:2])
+            pixels.append(normalise(torch.from_numpy(np.ascontiguousarray(working)).to(self.device)))
+        if not pixels:
+            return []
+
+        windows = self._windows(pixels)
+        sums = [torch.zeros((len(self.text_features), *p.shape[1:]), device=self.device) for p in pixels]
+        counts = [torch.zeros(p.shape[1:], device=self.device) for p in pixels]
+        detections: list[tuple[list[_Window], torch.Tensor, torch.Tensor, tuple[int, int]]] = []
+        for chunk in self._chunks(windows):
+            batch = torch.stack([pixels[w.image][:, w.y1 : w.y2, w.x1 : w.x2] for w in chunk])
+            with self._autocast():
+                out = sfp_windows(self.runner, batch, self.text_features, self.config)
+            for j, w in enumerate(chunk):
+                sums[w.image][:, w.y1 : w.y2, w.x1 : w.x2] += out.logits[j]
+                counts[w.image][w.y1 : w.y2, w.x1 : w.x2] += 1
+            detections.append((chunk, out.outliers, out.scores, out.grid))
+
+        outliers = self._collect_outliers(detections, pixels, sizes)
+        results = []
+        for i, size in enumerate(sizes):
+            logits = sums[i] / counts[i]
+            results.append(self._finish(logits, pixels[i], size, outliers[i], return_probs))
+        return results
+
+    # internals ------------------------------------------------------------------
+    def _autocast(self):
+        if self._autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self._autocast_dtype)
+
+    def _windows(self, pixels: list[torch.Tensor]) -> list[_Window]:
+        crop, stride = self.config.slide_crop, self.config.slide_stride
+        return [
+            _Window(i, k, *box)
+            for i, p in enumerate(pixels)
+            for k, box in enumerate(window_grid(p.shape[1], p.shape[2], crop, stride))
+        ]
+
+    def _chunks(self, windows: list[_Window]):
+        """Windows grouped by shape, in forwards of at most `max_windows_per_forward`."""
+        by_shape: dict[tuple[int, int], list[_Window]] = defaultdict(list)
+        for w in windows:
+            by_shape[(w.y2 - w.y1, w.x2 - w.x1)].append(w)
+        limit = self.config.max_windows_per_forward
+        for group in by_shape.values():
+            for start in range(0, len(group), limit):
+                yield group[start : start + limit]
+
+    def _collect_outliers(self, detections, pixels, sizes) -> list[tuple[list[Outlier], int, int]]:
+        """Move every window's outliers to the host once, after all forwards."""
+        per_image: list[list[Outlier]] = [[] for _ in pixels]
+        patches = [0] * len(pixels)
+        windows = [0] * len(pixels)
+        p = self.runner.patch
+        for chunk, mask, scores, (rows, cols) in detections:
+            mask_np, scores_np = mask.cpu().numpy(), scores.cpu().numpy()
+            for j, w in enumerate(chunk):
+                patches[w.image] += rows * cols
+                windows[w.image] += 1
+                height, width = sizes[w.image]
+                sy = height / pixels[w.image].shape[1]
+                sx = width / pixels[w.image].shape[2]
+                for flat in np.flatnonzero(mask_np[j]):
+                    r, c = divmod(int(flat), cols)
+                    y0, x0 = w.y1 + r * p, w.x1 + c * p
+                    box = (
+                        math.floor(x0 * sx),
+                        math.floor(y0 * sy),
+                        min(math.ceil((x0 + p) * sx), width),
+                        min(math.ceil((y0 + p) * sy), height),
+                    )
+                    per_image[w.image].append(Outlier(w.index, w.y1, w.x1, r, c, float(scores_np[j, flat]), box))
+        for outs in per_image:
+            outs.sort(key=lambda o: (o.window, -o.score))
+        return list(zip(per_image, patches, windows, strict=True))
+
+    def _finish(self, logits, pixels, size, outlier_info, return_probs) -> SegmentResult:
+        outliers, patches, windows = outlier_info
+        if tuple(logits.shape[1:]) != tuple(size):
+            logits = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0]
+        if self.config.pamr_steps:
+            guide = F.interpolate(pixels[None], size=size, mode="bilinear", align_corners=False)[0]
+            logits = pamr(guide, logits, self.config.pamr_steps)
+        probs = class_probabilities(
+            logits, self.config.logit_scale, self._query_to_class, self.vocabulary.num_classes
+        )
+        if self.config.area_thd is not None:
+            probs = apply_area_threshold(probs, self.config.area_thd)
+        labels, confidence = label_map(probs, self.config.prob_thd)
+        areas = torch.bincount(labels.flatten(), minlength=self.vocabulary.num_classes).cpu().numpy()
+        mask_dtype = np.uint8 if self.vocabulary.num_classes <= 255 else np.uint16
+        scores = [o.score for o in outliers]
+        stats = ImageStats(
+            windows=windows,
+            patches=patches,
+            outlier_count=len(outliers),
+            outlier_ratio=len(outliers) / patches if patches else 0.0,
+            score_min=min(scores) if scores else None,
+            score_mean=float(np.mean(scores)) if scores else None,
+            score_max=max(scores) if scores else None,
+            class_pixels={int(c): int(a) for c, a in enumerate(areas) if a},
+            mean_confidence=float(confidence.mean()),
+        )
+        return SegmentResult(
+            mask=labels.cpu().numpy().astype(mask_dtype),
+            confidence=confidence.float().cpu().numpy(),
+            outliers=outliers,
+            stats=stats,
+            working_size=(int(pixels.shape[1]), int(pixels.shape[2])),
+            probs=probs.float().cpu().numpy() if return_probs else None,
+        )
+
+
+def _check_image(image: Any, label: str) -> None:
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        desc = f"{type(image).__name__} {getattr(image, 'dtype', '')} {getattr(image, 'shape', '')}".strip()
+        raise ValueError(f"{label} must be an H x W x 3 uint8 RGB numpy array, got {desc}")
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise ValueError(f"{label} is empty ({image.shape[0]} x {image.shape[1]} pixels)")

@@ -1,0 +1,93 @@
+"""The CLIP ViT run block by block: fused attention everywhere, weights only on request."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from open_clip.transformer import ResidualAttentionBlock
+from torch import nn
+
+
+class ViTRunner:
+    """Runs an open_clip `VisionTransformer` with access to every block's output."""
+
+    def __init__(self, visual: nn.Module):
+        blocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
+        if blocks is None or not hasattr(visual, "conv1") or getattr(visual, "attn_pool", None) is not None:
+            raise ValueError(
+                f"SFP needs a plain CLIP ViT image tower (conv patch embed, resblocks, class token); "
+                f"got {type(visual).__name__}"
+            )
+        if not all(isinstance(b, ResidualAttentionBlock) for b in blocks):
+            raise ValueError("SFP supports open_clip ResidualAttentionBlock towers only")
+        if getattr(visual, "pool_type", "tok") != "tok" or visual.positional_embedding.ndim != 2:
+            raise ValueError("SFP needs a class-token ViT with a learned 2D positional embedding")
+        self.visual = visual
+        self.blocks: list[ResidualAttentionBlock] = list(blocks)
+        self.depth = len(self.blocks)
+        self.patch = int(visual.conv1.kernel_size[0])
+        self.width = int(visual.conv1.out_channels)
+        self.heads = int(self.blocks[0].attn.num_heads)
+        self.grid = tuple(int(g) for g in visual.grid_size)
+        self._pos_cache: dict[tuple[int, int], torch.Tensor] = {}
+
+    def positional_embedding(self, rows: int, cols: int) -> torch.Tensor:
+        """Positional embedding for a `rows x cols` grid (SFP-SPEC.md section 1, cached per grid)."""
+        key = (rows, cols)
+        cached = self._pos_cache.get(key)
+        if cached is not None:
+            return cached
+        pos = self.visual.positional_embedding
+        gh, gw = self.grid
+        if (rows, cols) != (gh, gw):
+            cls_pos, patch_pos = pos[:1], pos[1:]
+            patch_pos = patch_pos.reshape(1, gh, gw, -1).permute(0, 3, 1, 2)
+            patch_pos = F.interpolate(
+                patch_pos.float(),
+                scale_factor=((rows + 0.1) / gh, (cols + 0.1) / gw),
+                mode="bicubic",
+                align_corners=False,
+            ).to(pos.dtype)
+            if patch_pos.shape[-2:] != (rows, cols):
+                raise RuntimeError(f"positional embedding resized to {tuple(patch_pos.shape[-2:])}, wanted {key}")
+            patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(rows * cols, -1)
+            pos = torch.cat([cls_pos, patch_pos], dim=0)
+        self._pos_cache[key] = pos
+        return pos
+
+    def embed(self, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Patch-embed a `B x 3 x H x W` batch into `B x (1 + n) x C` tokens after `ln_pre`."""
+        x = self.visual.conv1(pixels)
+        rows, cols = x.shape[-2:]
+        x = x.flatten(2).transpose(1, 2)
+        cls = self.visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + self.positional_embedding(rows, cols).to(x.dtype)
+        return self.visual.ln_pre(x), (int(rows), int(cols))
+
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, _ = x.shape
+        return x.view(batch, tokens, self.heads, -1).transpose(1, 2)
+
+    def merge_heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, _, tokens, _ = x.shape
+        return x.transpose(1, 2).reshape(batch, tokens, -1)
+
+    def run_block(
+        self, index: int, x: torch.Tensor, need_weights: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One residual block (0-based `index`); attention probabilities only when asked."""
+        block = self.blocks[index]
+        attn = block.attn
+        q, k, v = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+        q, k, v = self.split_heads(q), self.split_heads(k), self.split_heads(v)
+        probs = None
+        if need_weights:
+            scale = q.shape[-1] ** -0.5
+            probs = torch.softmax((q * scale) @ k.transpose(-2, -1), dim=-1)
+            out = probs @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)
+        out = attn.out_proj(self.merge_heads(out))
+        x = x + block.ls_1(out)
+        x = x + block.ls_2(block.mlp(block.ln_2(x)))
+        return x, probs

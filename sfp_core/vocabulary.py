@@ -1,0 +1,79 @@
+"""Vocabulary: the classes to segment, each with one or more query names (synonyms)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+
+class Vocabulary:
+    """Classes in index order; class `i` is predicted when any of its names wins.
+
+    Files hold one class per line with synonyms separated by commas; spaces
+    around names are stripped and blank lines skipped (the reference's parse).
+    """
+
+    def __init__(self, classes: Sequence[Sequence[str] | str]):
+        parsed: list[tuple[str, ...]] = []
+        for index, entry in enumerate(classes):
+            names = [entry] if isinstance(entry, str) else list(entry)
+            names = [str(n).strip() for n in names]
+            if not names or any(not n for n in names):
+                raise ValueError(f"vocabulary class {index} has an empty name: {entry!r}")
+            parsed.append(tuple(names))
+        if not parsed:
+            raise ValueError("vocabulary is empty: it needs at least one class")
+        self.classes: tuple[tuple[str, ...], ...] = tuple(parsed)
+
+    @classmethod
+    def from_lines(cls, lines: Sequence[str]) -> Vocabulary:
+        return cls([line.split(",") for line in lines if line.strip()])
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Vocabulary:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(f"cannot read vocabulary file {path}: {exc.strerror or exc}") from exc
+        try:
+            return cls.from_lines(text.splitlines())
+        except ValueError as exc:
+            raise ValueError(f"vocabulary file {path}: {exc}") from exc
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def class_names(self) -> list[str]:
+        """The first name of each class, used as its display name."""
+        return [names[0] for names in self.classes]
+
+    @property
+    def query_names(self) -> list[str]:
+        """Every name of every class, flattened in file order (one text embedding each)."""
+        return [name for names in self.classes for name in names]
+
+    @property
+    def query_to_class(self) -> list[int]:
+        """For each query name, the index of its class."""
+        return [index for index, names in enumerate(self.classes) for _ in names]
+
+    def to_lines(self) -> list[str]:
+        return [", ".join(names) for names in self.classes]
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256("\n".join(self.to_lines()).encode()).hexdigest()[:16]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Vocabulary) and self.classes == other.classes
+
+    def __hash__(self) -> int:
+        return hash(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.classes)
+
+    def __repr__(self) -> str:
+        return f"Vocabulary({self.num_classes} classes, {len(self.query_names)} names)"

@@ -1,0 +1,208 @@
+"""Where CLIP weights come from: a tag, a local file, an fsspec URI, or `random`.
+
+Every checkpoint is read without executing code: safetensors, `torch.load`
+with `weights_only=True`, or (OpenAI's original release format) the tensors
+of a TorchScript archive.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+_OPENAI_METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")
+_HUB_HOST = ("huggingface.co", 443)
+
+
+class WeightsError(RuntimeError):
+    """The requested weights cannot be found, fetched, verified or read safely."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A state dict plus what we learnt about where it came from."""
+
+    state_dict: dict[str, torch.Tensor]
+    source: str
+    openai_origin: bool
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("SFP_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "sfp")
+    return Path(root)
+
+
+def is_uri(weights: str) -> bool:
+    return "://" in weights
+
+
+def sha256_of(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_sha256(path: str | Path, expected: str | None, label: str) -> None:
+    if expected is None:
+        return
+    actual = sha256_of(path)
+    if actual.lower() != expected.lower():
+        raise WeightsError(f"weights {label} failed the sha256 check: expected {expected}, got {actual}")
+
+
+def fetch_uri(uri: str, storage_options: dict[str, Any] | None, cache_dir: Path | None) -> Path:
+    """Copy a remote checkpoint into the local cache once and return the local path.
+
+    The cache key includes the object's fingerprint (`fs.ukey`, e.g. the S3
+    ETag), so a replaced object is fetched again. Writes go to a temp file and
+    are renamed into place, so concurrent workers never read half a file.
+    """
+    import fsspec
+
+    if uri.startswith("file://"):
+        return Path(uri[len("file://") :])
+    try:
+        fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+        fingerprint = fs.ukey(path)
+    except FileNotFoundError as exc:
+        raise WeightsError(f"weights {uri} not found") from exc
+    except Exception as exc:
+        raise WeightsError(f"cannot reach weights {uri}: {type(exc).__name__}: {exc}") from exc
+    key = hashlib.sha256(f"{uri}\n{fingerprint}".encode()).hexdigest()[:24]
+    target_dir = (cache_dir or default_cache_dir()) / "weights" / key
+    target = target_dir / os.path.basename(path.rstrip("/"))
+    if target.exists():
+        return target
+    target_dir.mkdir(parents=True, exist_ok=True)
+    log.info("fetching weights %s into %s", uri, target)
+    fd, tmp = tempfile.mkstemp(dir=target_dir, prefix="_partial-")
+    try:
+        with os.fdopen(fd, "wb") as out, fs.open(path, "rb") as src:
+            for chunk in iter(lambda: src.read(8 << 20), b""):
+                out.write(chunk)
+        os.replace(tmp, target)
+    except Exception as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise WeightsError(f"cannot download weights {uri}: {type(exc).__name__}: {exc}") from exc
+    return target
+
+
+def _is_torchscript_archive(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.split("/", 1)[-1].startswith("code/") for name in archive.namelist())
+
+
+def _unwrap(obj: Any, source: str) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not obj:
+        raise WeightsError(f"checkpoint {source} holds no state dict (got {type(obj).__name__})")
+    tensors = {}
+    for key, value in obj.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        tensors[key[len("module.") :] if key.startswith("module.") else key] = value
+    return tensors
+
+
+def read_checkpoint(path: str | Path) -> Checkpoint:
+    """Read a CLIP checkpoint file without running any code from it."""
+    path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file {source} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        raw: Any = load_file(str(path), device="cpu")
+        from_jit = False
+    elif _is_torchscript_archive(path):
+        # OpenAI's released .pt files are TorchScript archives; only their tensors are used.
+        raw = torch.jit.load(str(path), map_location="cpu").state_dict()
+        from_jit = True
+    else:
+        try:
+            raw = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as exc:
+            if "weights_only" in str(exc) or "Unpickling" in type(exc).__name__ or "GLOBAL" in str(exc):
+                raise WeightsError(
+                    f"refusing to load weights {source}: it is a pickle that needs code to unpickle "
+                    "(unsafe). Save a plain state dict (torch.save(model.state_dict())) or safetensors."
+                ) from exc
+            raise WeightsError(f"cannot read weights {source}: {type(exc).__name__}: {exc}") from exc
+        from_jit = False
+    has_metadata = isinstance(raw, dict) and any(k in raw for k in _OPENAI_METADATA_KEYS)
+    state = _unwrap(raw, source)
+    for key in _OPENAI_METADATA_KEYS:
+        state.pop(key, None)
+    conv = state.get("visual.conv1.weight")
+    openai_origin = from_jit or has_metadata or (
+        conv is not None and conv.dtype == torch.float16 and not (isinstance(raw, dict) and "state_dict" in raw)
+    )
+    return Checkpoint(state_dict=state, source=source, openai_origin=openai_origin)
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection(_HUB_HOST, timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def resolve_tag(arch: str, tag: str, cache_dir: Path | None) -> tuple[Path, bool]:
+    """Local path of an open_clip pretrained tag's checkpoint, and whether it uses QuickGELU."""
+    import open_clip
+    from open_clip.pretrained import download_pretrained
+
+    cfg = open_clip.get_pretrained_cfg(arch, tag)
+    if not cfg:
+        known = open_clip.list_pretrained_tags_by_model(arch)
+        raise WeightsError(
+            f"weights {tag!r} are neither a file, a URI, 'random' nor an open_clip tag of {arch} "
+            f"(its tags: {', '.join(known) or 'none'})"
+        )
+    quick_gelu = bool(cfg.get("quick_gelu", False))
+    cached = _cached_hub_file(cfg, cache_dir)
+    if cached is not None:
+        return cached, quick_gelu
+    if not hub_reachable():
+        raise WeightsError(
+            f"weights {arch}/{tag} are not cached and the model hub cannot be reached (no network). "
+            f"Download the checkpoint elsewhere and pass it instead: weights=/path/to/{arch}.pt "
+            "or an fsspec URI such as s3://bucket/clip/ViT-B-16.pt"
+        )
+    try:
+        return Path(download_pretrained(cfg, cache_dir=str(cache_dir) if cache_dir else None)), quick_gelu
+    except Exception as exc:
+        raise WeightsError(f"cannot download weights {arch}/{tag}: {type(exc).__name__}: {exc}") from exc
+
+
+def _cached_hub_file(cfg: dict[str, Any], cache_dir: Path | None) -> Path | None:
+    hub = cfg.get("hf_hub", "")
+    if not hub:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    repo_id, filename = os.path.split(hub)  # a trailing "/" means open_clip's default file names
+    names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+    for name in names:
+        found = try_to_load_from_cache(repo_id, name, cache_dir=str(cache_dir) if cache_dir else None)
+        if isinstance(found, str):
+            return Path(found)
+    return None

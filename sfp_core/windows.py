@@ -1,0 +1,57 @@
+"""Whole images: working size, resize, normalisation and the sliding-window grid."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# CLIP's mean and std on the 0..255 scale, exactly as the reference uses them.
+PIXEL_MEAN = (122.771, 116.746, 104.094)
+PIXEL_STD = (68.501, 66.632, 70.323)
+
+
+def working_size(height: int, width: int, short_side: int, long_side: int, min_side: int = 1) -> tuple[int, int]:
+    """Aspect-preserving size with long side <= `long_side` and short side <= `short_side`.
+
+    `min_side` (the patch size) keeps degenerate panoramas from collapsing to
+    fewer pixels than one patch.
+    """
+    scale = min(long_side / max(height, width), short_side / min(height, width))
+    return max(int(height * scale + 0.5), min_side), max(int(width * scale + 0.5), min_side)
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of an `H x W x 3` uint8 image (half-pixel centres, no antialias,
+    rounded back to uint8, like the reference's OpenCV resize); no-op when unchanged."""
+    if image.shape[:2] == tuple(size):
+        return image
+    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).unsqueeze(0).float()
+    resized = F.interpolate(tensor, size=size, mode="bilinear", align_corners=False)
+    return resized.round_().clamp_(0, 255).to(torch.uint8)[0].permute(1, 2, 0).contiguous().numpy()
+
+
+def normalise(image: torch.Tensor) -> torch.Tensor:
+    """`H x W x 3` uint8 (any device) -> `3 x H x W` float32 normalised with CLIP's constants."""
+    mean = torch.tensor(PIXEL_MEAN, device=image.device).view(3, 1, 1)
+    std = torch.tensor(PIXEL_STD, device=image.device).view(3, 1, 1)
+    return (image.permute(2, 0, 1).float() - mean) / std
+
+
+def window_grid(height: int, width: int, crop: int, stride: int) -> list[tuple[int, int, int, int]]:
+    """Sliding windows `(y1, x1, y2, x2)` in mmseg's order (rows outer, columns inner).
+
+    `crop = 0` is one window of the whole image; an image smaller than the crop
+    is one window of its own size along that side.
+    """
+    if crop == 0:
+        return [(0, 0, height, width)]
+    rows = max(height - crop + stride - 1, 0) // stride + 1
+    cols = max(width - crop + stride - 1, 0) // stride + 1
+    windows = []
+    for r in range(rows):
+        for c in range(cols):
+            y2 = min(r * stride + crop, height)
+            x2 = min(c * stride + crop, width)
+            windows.append((max(y2 - crop, 0), max(x2 - crop, 0), y2, x2))
+    return windows
