@@ -49,6 +49,17 @@ def _create(arch: str, quick_gelu: bool) -> torch.nn.Module:
         root.removeFilter(notice_filter)
 
 
+def arch_patch_size(arch: str) -> int:
+    """Patch size of an open_clip ViT architecture, without building it."""
+    cfg = open_clip.get_model_config(arch)
+    if not cfg:
+        raise ValueError(f"unknown open_clip architecture {arch!r} (see open_clip.list_models())")
+    patch = cfg.get("vision_cfg", {}).get("patch_size")
+    if patch is None:
+        raise ValueError(f"open_clip architecture {arch!r} is not a ViT (no patch_size)")
+    return int(patch)
+
+
 def _arch_quick_gelu(arch: str) -> bool:
     cfg = open_clip.get_model_config(arch) or {}
     return bool(cfg.get("quick_gelu", False))

@@ -25,7 +25,7 @@ from .results import ImageStats, Outlier, SegmentResult
 from .text import TextEmbeddingCache
 from .vit import ViTRunner
 from .vocabulary import Vocabulary
-from .windows import normalise, resize_image, window_grid, working_size
+from .windows import normalise, prepare_image, window_grid
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +114,7 @@ class SFPSegmenter:
     def prepare(self, image: np.ndarray) -> np.ndarray:
         """Resize an `H x W x 3` uint8 RGB image to SFP's working size (CPU-side step)."""
         _check_image(image, "image")
-        size = working_size(*image.shape[:2], self.config.short_side, self.config.long_side, self.runner.patch)
-        return resize_image(image, size)
+        return prepare_image(image, self.config.short_side, self.config.long_side, self.runner.patch)
 
     @torch.inference_mode()
     def segment(

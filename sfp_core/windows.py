@@ -31,6 +31,11 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return resized.round_().clamp_(0, 255).to(torch.uint8)[0].permute(1, 2, 0).contiguous().numpy()
 
 
+def prepare_image(image: np.ndarray, short_side: int, long_side: int, min_side: int) -> np.ndarray:
+    """Resize an `H x W x 3` uint8 image to SFP's working size (a CPU-side step)."""
+    return resize_image(image, working_size(*image.shape[:2], short_side, long_side, min_side))
+
+
 def normalise(image: torch.Tensor) -> torch.Tensor:
     """`H x W x 3` uint8 (any device) -> `3 x H x W` float32 normalised with CLIP's constants."""
     mean = torch.tensor(PIXEL_MEAN, device=image.device).view(3, 1, 1)
