@@ -48,9 +48,7 @@ def lof_scores(patch_tokens: torch.Tensor, n_neighbors: int) -> torch.Tensor:
     return (neighbour_density / density.unsqueeze(-1)).mean(dim=-1)
 
 
-def detect_lof(
-    patch_tokens: torch.Tensor, n_neighbors: int, contamination: float
-) -> tuple[torch.Tensor, torch.Tensor]:
+def detect_lof(patch_tokens: torch.Tensor, n_neighbors: int, contamination: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Tokens whose LOF is strictly above the `1 - contamination` quantile (not capped)."""
     scores = lof_scores(patch_tokens, n_neighbors)
     threshold = torch.quantile(scores, 1.0 - contamination, dim=1, keepdim=True)

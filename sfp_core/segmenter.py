@@ -219,9 +219,7 @@ class SFPSegmenter:
         if self.config.pamr_steps:
             guide = F.interpolate(pixels[None], size=size, mode="bilinear", align_corners=False)[0]
             logits = pamr(guide, logits, self.config.pamr_steps)
-        probs = class_probabilities(
-            logits, self.config.logit_scale, self._query_to_class, self.vocabulary.num_classes
-        )
+        probs = class_probabilities(logits, self.config.logit_scale, self._query_to_class, self.vocabulary.num_classes)
         if self.config.area_thd is not None:
             probs = apply_area_threshold(probs, self.config.area_thd)
         labels, confidence = label_map(probs, self.config.prob_thd)

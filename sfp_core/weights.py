@@ -22,6 +22,8 @@ import torch
 log = logging.getLogger(__name__)
 
 _OPENAI_METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")
+# Buffers that TorchScript archives store but open_clip rebuilds itself (the text causal mask).
+_DERIVED_BUFFERS = ("attn_mask",)
 _HUB_HOST = ("huggingface.co", 443)
 
 
@@ -148,11 +150,13 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         from_jit = False
     has_metadata = isinstance(raw, dict) and any(k in raw for k in _OPENAI_METADATA_KEYS)
     state = _unwrap(raw, source)
-    for key in _OPENAI_METADATA_KEYS:
+    for key in _OPENAI_METADATA_KEYS + _DERIVED_BUFFERS:
         state.pop(key, None)
     conv = state.get("visual.conv1.weight")
-    openai_origin = from_jit or has_metadata or (
-        conv is not None and conv.dtype == torch.float16 and not (isinstance(raw, dict) and "state_dict" in raw)
+    openai_origin = (
+        from_jit
+        or has_metadata
+        or (conv is not None and conv.dtype == torch.float16 and not (isinstance(raw, dict) and "state_dict" in raw))
     )
     return Checkpoint(state_dict=state, source=source, openai_origin=openai_origin)
 

@@ -18,10 +18,7 @@ def naive_mean_interpolation(fmap: np.ndarray, outliers: set[tuple[int, int]]) -
         values = [
             fmap[:, r + dy, c + dx]
             for dy, dx in itertools.product((-1, 0, 1), repeat=2)
-            if (dy, dx) != (0, 0)
-            and 0 <= r + dy < rows
-            and 0 <= c + dx < cols
-            and (r + dy, c + dx) not in outliers
+            if (dy, dx) != (0, 0) and 0 <= r + dy < rows and 0 <= c + dx < cols and (r + dy, c + dx) not in outliers
         ]
         out[:, r, c] = np.mean(values, axis=0) if values else 0.0
     return out

@@ -114,7 +114,9 @@ def test_thresholds_are_applied(tiny_backbone, golden_vocab, rng):
 def test_purify_stream_and_detect_block_knobs(tiny_backbone, golden_vocab, rng):
     image = _image(rng, 224, 224)
     sizes = [image.shape[:2]]
-    base = SFPSegmenter(tiny_backbone, golden_vocab, SFPConfig()).segment([image], original_sizes=sizes, return_probs=True)[0]
+    base = SFPSegmenter(tiny_backbone, golden_vocab, SFPConfig()).segment(
+        [image], original_sizes=sizes, return_probs=True
+    )[0]
     stream = SFPSegmenter(tiny_backbone, golden_vocab, SFPConfig(purify_stream=(6, 8)))
     streamed = stream.segment([image], original_sizes=sizes, return_probs=True)[0]
     assert np.abs(streamed.probs - base.probs).max() > 1e-6

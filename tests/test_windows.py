@@ -45,7 +45,12 @@ def test_window_grid_many_sizes_against_brute_force():
 
 
 def test_exact_multiples_and_whole_image_mode():
-    assert window_grid(448, 448, 224, 224) == [(0, 0, 224, 224), (0, 224, 224, 448), (224, 0, 448, 224), (224, 224, 448, 448)]
+    assert window_grid(448, 448, 224, 224) == [
+        (0, 0, 224, 224),
+        (0, 224, 224, 448),
+        (224, 0, 448, 224),
+        (224, 224, 448, 448),
+    ]
     assert window_grid(333, 517, 0, 112) == [(0, 0, 333, 517)]
 
 
