@@ -13,13 +13,12 @@ import numpy as np
 import open_clip
 import pytest
 import torch
+from conftest import GOLDEN, TINY_ARCH
 from safetensors.torch import save_file
 
 from sfp_core import SFPSegmenter, WeightsError
 from sfp_core.backbone import load_backbone
 from sfp_core.weights import sha256_of
-
-from conftest import GOLDEN, TINY_ARCH
 
 
 @pytest.fixture(scope="module")

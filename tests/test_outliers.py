@@ -12,7 +12,7 @@ from sfp_core.outliers import detect_l2, detect_lof, detect_som, lof_scores, mea
 
 def naive_mean_interpolation(fmap: np.ndarray, outliers: set[tuple[int, int]]) -> np.ndarray:
     """Per-pixel loop straight from the spec: mean of in-grid, non-outlier 8-neighbours, else 0."""
-    channels, rows, cols = fmap.shape
+    _, rows, cols = fmap.shape
     out = fmap.copy()
     for r, c in outliers:
         values = [

@@ -12,7 +12,7 @@ ALL = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
 
 
 def naive_pamr(image: np.ndarray, logits: np.ndarray, steps: int, dilations=(1, 2)) -> np.ndarray:
-    channels, height, width = image.shape
+    _, height, width = image.shape
 
     def at(arr, y, x):
         return arr[:, min(max(y, 0), height - 1), min(max(x, 0), width - 1)]  # replicate padding
