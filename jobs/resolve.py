@@ -10,6 +10,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -31,6 +32,22 @@ class Job:
     vocabulary: Vocabulary
     config: SFPConfig
     source: str
+
+    def effective(self) -> dict[str, Any]:
+        """The job as it will run: defaults filled in, `sfp` expanded to every SFPConfig field."""
+        data = self.spec.model_dump(mode="json", exclude_none=True)
+        data["sfp"] = self.config.to_dict()
+        return data
+
+    def describe(self) -> str:
+        """One line saying what the job will do."""
+        spec = self.spec
+        low, high = spec.resources.actors
+        return (
+            f"job {spec.name}: {spec.input.uri} -> {spec.output.uri} ({spec.output.mode}); "
+            f"{spec.model.arch} weights {spec.model.weights}; {self.vocabulary.num_classes} classes; "
+            f"SFP config {self.config.config_hash()}; actors {low}..{high} x {spec.resources.gpus_per_actor:g} GPU"
+        )
 
 
 def vocabulary_path(file: str) -> Path:

@@ -1,0 +1,158 @@
+"""`sfp-label`: the command line. Only argument parsing and wiring; the work lives in the other modules."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from .errors import JobError
+from .exitcodes import HELP as EXIT_CODES_HELP
+from .exitcodes import ExitCode
+
+EXAMPLES = """examples:
+  sfp-label run jobs/demo.yaml --set model.weights=random     label examples/images into out/demo, offline
+  sfp-label run jobs/voc21.yaml --set input.uri=s3://bucket/voc/JPEGImages --set output.uri=s3://bucket/labels/voc21
+  sfp-label run jobs/bucket.yaml --dry-run                    show the job as it would run, run nothing
+  sfp-label validate jobs/bucket.yaml                         check a job file (exit 2 and the field if bad)
+  sfp-label show out/demo                                     counts, classes, outlier statistics
+  sfp-label show s3://bucket/labels/voc21 -o endpoint_url=http://127.0.0.1:8333 --json
+  sfp-label export out/demo out/demo-voc --ignore-below 0.5   masks for a trainer (VOC / mmseg layout)
+  ray job submit --working-dir . -- sfp-label run jobs/voc21.yaml   on a Ray cluster
+
+Job files: YAML (see jobs/*.yaml); ${VAR} and ${VAR:-default} take non-secret values from the
+environment; credentials are refused in job files and come from the environment or ~/.aws etc.
+"""
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a probability in 0..1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sfp-label",
+        description="Label image corpora with SFP (training-free open-vocabulary segmentation) on Ray.",
+        epilog=f"{EXAMPLES}\n{EXIT_CODES_HELP}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def job_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(
+            name, help=help_text, description=help_text, epilog=EXIT_CODES_HELP,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )  # fmt: skip
+        sub.add_argument("job", type=Path, metavar="JOB.yaml")
+        sub.add_argument(
+            "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+            help="override a job key, e.g. --set model.weights=random --set resources.actors=[1,4] (repeatable)",
+        )  # fmt: skip
+        return sub
+
+    run = job_command("run", "run a labelling job (locally, or on the Ray cluster in RAY_ADDRESS)")
+    run.add_argument("--dry-run", action="store_true", help="print the job as it would run and exit")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars (for cron and CI logs)")
+    job_command("validate", "check a job file without running it")
+
+    def output_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(
+            name, help=help_text, description=help_text, epilog=EXIT_CODES_HELP,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )  # fmt: skip
+        sub.add_argument("output", metavar="OUTPUT_URI", help="a finished job's output.uri")
+        sub.add_argument(
+            "-o", "--storage-option", dest="storage_options", action="append", default=[], metavar="KEY=VALUE",
+            help="fsspec storage option, e.g. -o endpoint_url=http://127.0.0.1:8333 (never credentials)",
+        )  # fmt: skip
+        return sub
+
+    show = output_command("show", "summarise a finished output: counts, classes, outlier statistics")
+    show.add_argument("--json", action="store_true", help="print the summary as JSON")
+    export = output_command("export", "write masks as PNGs in the VOC / mmsegmentation folder layout")
+    export.add_argument("directory", type=Path, metavar="DIR")
+    export.add_argument(
+        "--ignore-below", type=_probability, metavar="P",
+        help="set pixels whose stored confidence is below P to the ignore index (needs output.confidence: true)",
+    )  # fmt: skip
+    export.add_argument("--ignore-index", type=int, default=255, help="label of ignored pixels (default 255)")
+    export.add_argument("--split", default="train", help="name of the id list, ImageSets/Segmentation/SPLIT.txt")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> ExitCode:
+    from .resolve import load_job
+
+    job = load_job(args.job, args.overrides)
+    if args.command == "validate":
+        print(f"ok: {job.describe()}")
+        return ExitCode.OK
+    if args.dry_run:
+        print(f"# {job.describe()}\n# dry run: nothing was labelled")
+        print(yaml.safe_dump(job.effective(), sort_keys=False, default_flow_style=None), end="")
+        return ExitCode.OK
+    from .lease import LeaseHeld
+    from .runner import exit_code, run_job
+
+    try:
+        summary = run_job(job, progress=not args.no_progress)
+    except LeaseHeld as exc:
+        print(f"sfp-label: busy: {exc}", file=sys.stderr)
+        return ExitCode.BUSY
+    print(summary.one_line())
+    return exit_code(summary)
+
+
+def _output(args: argparse.Namespace) -> ExitCode:
+    from .output import Output, OutputError
+    from .storage import StorageOptionError, parse_storage_options
+
+    try:
+        output = Output.open(args.output, parse_storage_options(args.storage_options))
+        if args.command == "show":
+            from .show import render, summarize
+
+            summary = summarize(output)
+            print(json.dumps(summary, indent=2) if args.json else render(summary))
+            return ExitCode.OK
+        from .export import export
+
+        report = export(
+            output, args.directory, ignore_below=args.ignore_below, ignore_index=args.ignore_index, split=args.split
+        )
+    except (OutputError, StorageOptionError) as exc:
+        print(f"sfp-label {args.command}: {exc}", file=sys.stderr)
+        return ExitCode.BAD_JOB
+    print(report.one_line())
+    return ExitCode.OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `sfp-label` console script; returns the exit code (see --help)."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(_run(args) if args.command in ("run", "validate") else _output(args))
+    except JobError as exc:
+        print(exc.render(), file=sys.stderr)
+        return ExitCode.BAD_JOB
+    except KeyboardInterrupt:
+        print("sfp-label: interrupted", file=sys.stderr)
+        return ExitCode.INTERRUPTED
+    except Exception:
+        traceback.print_exc()
+        print("sfp-label: crashed (exit 4); the traceback above says where", file=sys.stderr)
+        return ExitCode.CRASH
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""Where an output lives: one fsspec filesystem and path for local folders and object stores alike."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlparse
+
+import fsspec
+import yaml
+from fsspec import AbstractFileSystem
+
+from .credentials import ADVICE, find_secrets
+
+
+def is_local(uri: str) -> bool:
+    """A plain path or file:// URI: storage that only the machine running the code can see."""
+    return urlparse(uri).scheme in ("", "file")
+
+
+def open_location(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[AbstractFileSystem, str]:
+    """The filesystem and root path of `uri` (a relative local path becomes absolute)."""
+    fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    return fs, path.rstrip("/")
+
+
+class StorageOptionError(ValueError):
+    """A command-line storage option is malformed or holds a credential."""
+
+
+def parse_storage_options(pairs: Sequence[str]) -> dict[str, Any]:
+    """`key=value` pairs from the command line (values parsed as YAML); credentials are refused."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise StorageOptionError(
+                f"storage option {pair!r}: expected key=value, e.g. endpoint_url=http://127.0.0.1:8333"
+            )
+        options[key] = yaml.safe_load(raw) if raw else ""
+    leaked = [field for field, _ in find_secrets(options)]
+    if leaked:
+        raise StorageOptionError(f"storage options {', '.join(leaked)} look like credentials: {ADVICE}")
+    return options
