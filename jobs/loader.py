@@ -7,6 +7,7 @@ the schema sees exactly what will run.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -42,8 +43,10 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _c
 
 def parse_yaml(text: str, source: str) -> dict[str, Any]:
     """The job file's mapping, or a JobError saying where the YAML is broken."""
+    stream = io.StringIO(text)
+    stream.name = source  # YAML errors then say "in <job file>, line 3"
     try:
-        data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: no arbitrary objects
+        data = yaml.load(stream, Loader=_StrictLoader)  # a SafeLoader subclass: no arbitrary objects
     except yaml.YAMLError as exc:
         raise JobError(source, [("", f"not valid YAML: {exc}")]) from exc
     if not isinstance(data, dict):
