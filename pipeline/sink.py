@@ -1,0 +1,119 @@
+"""The Parquet sink: complete files only, staged under `_staging/<run_id>/`, then committed.
+
+Ray's `write_parquet` writes straight into the destination (a reader can
+catch a half-written local file) and has no per-file commit hook, so this
+is a small `Datasink` that writes each task's rows to one staged file and
+- incremental: moves it into the output at once, so a run killed midway
+  keeps every file it finished and a re-run skips those images;
+- overwrite: leaves it staged; `commit_overwrite` swaps the whole output
+  after the run succeeds (old files out, then new files in: never a mix).
+File names come from the run id and Ray's task index, never from input
+paths; a retried write task rewrites its own file instead of adding one.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from ray.data.block import Block, BlockAccessor
+from ray.data.datasource import Datasink, WriteResult
+
+from .schema import SCHEMA, STATUS_OK
+from .storage import Location
+
+if TYPE_CHECKING:
+    from ray.data._internal.execution.interfaces import TaskContext
+
+STAGING = "_staging"
+
+
+@dataclass(frozen=True)
+class WrittenFile:
+    """What one write task produced (returned to the driver, summed into the run's counts)."""
+
+    name: str  # file name, relative to the output root
+    rows: int
+    ok: int
+
+
+class StagedParquetSink(Datasink[WrittenFile | None]):
+    """One Parquet file per write task, of at least `rows_per_file` rows (the last may hold fewer)."""
+
+    def __init__(self, output: Location, run_id: str, *, commit_each_file: bool, rows_per_file: int):
+        self.output = output
+        self.run_id = run_id
+        self.commit_each_file = commit_each_file
+        self.rows_per_file = rows_per_file
+        self.written: list[WrittenFile] = []
+
+    @property
+    def staging_dir(self) -> str:
+        return self.output.join(STAGING, self.run_id)
+
+    @property
+    def min_rows_per_write(self) -> int:
+        return self.rows_per_file
+
+    def on_write_start(self, schema: pa.Schema | None = None) -> None:
+        self.output.filesystem().create_dir(self.staging_dir, recursive=True)
+
+    def write(self, blocks: Iterable[Block], ctx: TaskContext) -> WrittenFile | None:
+        tables = [BlockAccessor.for_block(block).to_arrow() for block in blocks]
+        table = pa.concat_tables([t for t in tables if t.num_rows]) if any(t.num_rows for t in tables) else None
+        if table is None:
+            return None
+        name = f"part-{self.run_id}-{ctx.task_idx:06d}.parquet"
+        fs = self.output.filesystem()
+        staged = posixpath.join(self.staging_dir, name)
+        pq.write_table(table.cast(SCHEMA), staged, filesystem=fs, compression="zstd")
+        if self.commit_each_file:
+            fs.move(staged, self.output.join(name))
+        ok = pc.sum(pc.equal(table.column("status"), STATUS_OK)).as_py() or 0
+        return WrittenFile(name, table.num_rows, ok)
+
+    def on_write_complete(self, write_result: WriteResult[WrittenFile | None]) -> None:
+        self.written = [w for w in write_result.write_returns if w is not None]
+
+
+def data_files(output: Location) -> list[str]:
+    """Paths of the Parquet files a reader of the output sees (names starting with "_" or "." are not data)."""
+    fs = output.filesystem()
+    if fs.get_file_info(output.path).type != pafs.FileType.Directory:
+        return []
+    files = []
+    for entry in fs.get_file_info(pafs.FileSelector(output.path, recursive=True)):
+        relative = posixpath.relpath(entry.path, output.path)
+        hidden = any(part.startswith(("_", ".")) for part in relative.split("/"))
+        if entry.type == pafs.FileType.File and not hidden and entry.path.endswith(".parquet"):
+            files.append(entry.path)
+    return files
+
+
+def commit_overwrite(output: Location, run_id: str, written: list[WrittenFile]) -> None:
+    """Replace the output's data files with this run's staged ones: every old file out, then the new ones in.
+
+    A reader listing meanwhile sees old files only, nothing, or new files
+    only; never old and new together.
+    """
+    fs = output.filesystem()
+    for path in data_files(output):
+        fs.delete_file(path)
+    for file in written:
+        fs.move(output.join(STAGING, run_id, file.name), output.join(file.name))
+
+
+def remove_staging(output: Location, run_id: str) -> None:
+    """Drop this run's staging directory (whatever a failed or finished run left there), and `_staging` if empty."""
+    fs = output.filesystem()
+    for path in (output.join(STAGING, run_id), output.join(STAGING)):
+        if fs.get_file_info(path).type == pafs.FileType.Directory and (
+            path != output.join(STAGING) or not fs.get_file_info(pafs.FileSelector(path))
+        ):
+            fs.delete_dir(path)

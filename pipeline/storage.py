@@ -1,0 +1,215 @@
+"""Where data lives: URIs plus storage options -> pyarrow filesystems, and what may be recorded about them.
+
+Local paths, `file://`, `s3://` and `gs://` use pyarrow's native filesystems;
+any other scheme goes through fsspec. Credentials come from the environment
+(the storage library's usual chain) or from storage options; either way they
+never reach a log line, a manifest or a Parquet file: `public_uri`,
+`public_options` and `Redactor` are what the rest of the pipeline records.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import posixpath
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import pyarrow.fs as pafs
+
+REDACTED = "<redacted>"
+
+# Storage-option names (lower case) that hold credentials.
+_SECRET_WORDS = ("secret", "token", "password", "passwd", "credential", "private", "signature", "sas", "account_key")
+_SECRET_NAMES = {"key", "access_key", "access_key_id", "aws_access_key_id"}
+# Environment variables whose values must never be recorded.
+_SECRET_ENV = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "GOOGLE_APPLICATION_CREDENTIALS_JSON",
+    "AZURE_STORAGE_KEY",
+    "AZURE_STORAGE_SAS_TOKEN",
+)
+
+# fsspec / boto style option names -> pyarrow S3FileSystem arguments.
+_S3_ALIASES = {
+    "region_name": "region",
+    "anon": "anonymous",
+    "key": "access_key",
+    "aws_access_key_id": "access_key",
+    "secret": "secret_key",
+    "aws_secret_access_key": "secret_key",
+    "token": "session_token",
+    "aws_session_token": "session_token",
+}
+_GCS_ALIASES = {"anon": "anonymous", "token": "access_token", "project": "project_id"}
+
+
+def is_secret_option(name: str) -> bool:
+    lowered = name.lower()
+    return lowered in _SECRET_NAMES or any(word in lowered for word in _SECRET_WORDS)
+
+
+def public_options(options: dict[str, Any] | None) -> dict[str, Any]:
+    """Storage options with every credential-like value replaced, recursively."""
+
+    def scrub(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: REDACTED if is_secret_option(str(k)) else scrub(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [scrub(v) for v in value]
+        if isinstance(value, str):
+            return public_uri(value) if "://" in value else value
+        return value if isinstance(value, (int, float, bool)) or value is None else type(value).__name__
+
+    return scrub(dict(options or {}))
+
+
+def public_uri(uri: str) -> str:
+    """The URI without user info (`key:secret@`), query string or fragment."""
+    parts = urlsplit(uri)
+    if not parts.scheme or len(parts.scheme) == 1:  # a local path (or a Windows drive letter)
+        return uri
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+@dataclass(frozen=True)
+class Redactor:
+    """Replaces known secret values in text that is about to be logged or stored."""
+
+    secrets: tuple[str, ...] = ()
+
+    @classmethod
+    def for_options(cls, *option_sets: dict[str, Any] | None, uris: tuple[str, ...] = ()) -> Redactor:
+        found: set[str] = {os.environ[name] for name in _SECRET_ENV if os.environ.get(name)}
+
+        def collect(value: Any, secret: bool = False) -> None:
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    collect(v, secret or is_secret_option(str(k)))
+            elif isinstance(value, (list, tuple)):
+                for v in value:
+                    collect(v, secret)
+            elif secret and value not in (None, "") and not isinstance(value, bool):
+                found.add(str(value))
+
+        for options in option_sets:
+            collect(options or {})
+        for uri in uris:
+            parts = urlsplit(uri)
+            found.update(p for p in (parts.username, parts.password) if p)
+        # Longest first, so a secret containing another is replaced whole.
+        return cls(tuple(sorted((s for s in found if len(s) >= 4), key=len, reverse=True)))
+
+    def __call__(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def __repr__(self) -> str:
+        return f"Redactor({len(self.secrets)} secrets)"
+
+
+@dataclass(frozen=True)
+class Location:
+    """A directory (or file) in some filesystem; picklable, so Ray tasks rebuild its filesystem themselves."""
+
+    scheme: str  # "file", "s3", "gs", or an fsspec protocol
+    path: str  # the path as the filesystem names it: "/abs/dir", "bucket/prefix"
+    options: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    given_uri: str = field(default="", repr=False, compare=False)  # for fsspec schemes
+
+    @classmethod
+    def parse(cls, uri: str, storage_options: dict[str, Any] | None = None) -> Location:
+        options = dict(storage_options or {})
+        parts = urlsplit(uri)
+        scheme = parts.scheme.lower()
+        if not scheme or len(scheme) == 1:  # a plain local path
+            return cls("file", _local_path(uri), options)
+        if scheme == "file":
+            return cls("file", _local_path(parts.netloc + parts.path), options)
+        if scheme in ("s3", "s3a", "gs", "gcs"):
+            if not parts.hostname:
+                raise ValueError(f"{public_uri(uri)}: no bucket in the URI")
+            path = posixpath.normpath(f"{parts.hostname}/{parts.path.lstrip('/')}").rstrip("/")
+            if path.startswith(".."):
+                raise ValueError(f"{public_uri(uri)}: the path leaves the bucket")
+            if parts.username or parts.password:
+                options.setdefault("key", parts.username)
+                options.setdefault("secret", parts.password)
+            return cls("s3" if scheme.startswith("s3") else "gs", path, options)
+        import fsspec
+
+        _, path = fsspec.core.url_to_fs(uri, **options)
+        return cls(scheme, path.rstrip("/") or path, options, given_uri=uri)
+
+    @property
+    def uri(self) -> str:
+        """Public URI of this location (never with credentials)."""
+        return self.uri_of(self.path)
+
+    def uri_of(self, path: str) -> str:
+        """Public URI of a filesystem path inside this location."""
+        return public_uri(f"{self.scheme}://{path.removeprefix(self.scheme + '://')}")
+
+    def join(self, *names: str) -> str:
+        """Filesystem path of `names` under this location; names never climb out of it."""
+        for name in names:
+            if not name or name.startswith("/") or ".." in name.split("/"):
+                raise ValueError(f"refusing path component {name!r} under {self.uri}")
+        return posixpath.join(self.path, *names)
+
+    def filesystem(self) -> pafs.FileSystem:
+        return _filesystem(self.scheme, json.dumps(self.options, sort_keys=True, default=repr), self.given_uri)
+
+
+def _local_path(path: str) -> str:
+    return os.path.abspath(os.path.expanduser(path)).rstrip("/") or "/"
+
+
+@functools.lru_cache(maxsize=16)
+def _filesystem(scheme: str, options_json: str, given_uri: str) -> pafs.FileSystem:
+    """One filesystem per process and location kind (cached: S3 clients are costly to build)."""
+    options = json.loads(options_json)
+    if scheme == "file":
+        return pafs.LocalFileSystem()
+    if scheme == "s3":
+        return _native(pafs.S3FileSystem, "S3", _endpoint(_aliased(options, _S3_ALIASES)))
+    if scheme == "gs":
+        return _native(pafs.GcsFileSystem, "GCS", _endpoint(_aliased(options, _GCS_ALIASES)))
+    import fsspec
+
+    fs, _ = fsspec.core.url_to_fs(given_uri, **options)
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+
+
+def _aliased(options: dict[str, Any], aliases: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    client_kwargs = options.get("client_kwargs") or {}
+    for name, value in {**client_kwargs, **{k: v for k, v in options.items() if k != "client_kwargs"}}.items():
+        out[aliases.get(name, name)] = value
+    return out
+
+
+def _endpoint(options: dict[str, Any]) -> dict[str, Any]:
+    """`endpoint_url="http://host:port"` (fsspec style) -> pyarrow's `endpoint_override` and `scheme`."""
+    url = options.pop("endpoint_url", None) or options.pop("endpoint", None)
+    if url:
+        parts = urlsplit(url if "://" in url else f"https://{url}")
+        options.setdefault("endpoint_override", parts.netloc)
+        options.setdefault("scheme", parts.scheme)
+    return options
+
+
+def _native(cls: type, label: str, options: dict[str, Any]) -> pafs.FileSystem:
+    try:
+        return cls(**options)
+    except TypeError as exc:
+        names = ", ".join(sorted(options))
+        raise ValueError(f"{label} storage options not understood ({names}): {exc}") from None
