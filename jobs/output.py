@@ -56,9 +56,9 @@ class Output:
     def class_names(self) -> list[str] | None:
         """Display names of the classes (index = mask value), from the newest run's manifest."""
         for manifest in reversed(self.manifests):
-            names = manifest.get("class_names")
-            if names:
-                return [str(name) for name in names]
+            classes = (manifest.get("vocabulary") or {}).get("classes")
+            if classes:
+                return [str(names[0]) for names in classes]
         return None
 
 

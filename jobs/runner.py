@@ -29,6 +29,7 @@ def run_job(job: Job, *, progress: bool = True) -> RunSummary:
             arch=spec.model.arch,
             weights=spec.model.weights,
             weights_sha256=spec.model.weights_sha256,
+            weights_storage_options=spec.model.storage_options,
             config=job.config,
             extensions=tuple(spec.input.extensions),
             input_storage_options=spec.input.storage_options,

@@ -129,8 +129,25 @@ def _spread(values: np.ndarray) -> dict[str, float] | None:
 
 
 def _run_line(manifest: dict[str, Any]) -> dict[str, Any]:
-    keys = ("run_id", "started_at", "ok", "error", "skipped", "images_per_second", "model", "config_hash")
-    return {key: manifest.get(key) for key in keys}
+    counts = manifest.get("counts") or {}
+    model = manifest.get("model") or {}
+    return {
+        "run_id": manifest.get("run_id"),
+        "status": manifest.get("status"),
+        "started_at": manifest.get("started_at"),
+        "ok": counts.get("ok"),
+        "error": counts.get("error"),
+        "skipped": counts.get("skipped"),
+        "images_per_second": manifest.get("images_per_second"),
+        "model": f"{model.get('arch')}:{model.get('weights')}",
+        "config_hash": manifest.get("config_hash"),
+    }
+
+
+def _render_run(run: dict[str, Any]) -> str:
+    speed = f"{run['images_per_second']:.2f} img/s" if run["images_per_second"] is not None else "-"
+    counts = f"ok {run['ok']}  error {run['error']}  skipped {run['skipped']}"
+    return f"  {run['run_id']}  {run['status']:<9} {run['started_at']}  {counts}  {speed}  {run['model']}"
 
 
 def render(summary: dict[str, Any]) -> str:
@@ -142,12 +159,7 @@ def render(summary: dict[str, Any]) -> str:
         lines.append(f"mean confidence {summary['mean_confidence']:.3f}")
     if summary["runs"]:
         lines.append(f"\nruns ({len(summary['runs'])}):")
-        lines += [
-            "  {run_id}  {started_at}  ok {ok}  error {error}  skipped {skipped}  {ips} img/s  {model}".format(
-                ips=f"{run['images_per_second']:.2f}" if run["images_per_second"] is not None else "-", **run
-            )
-            for run in summary["runs"]
-        ]
+        lines += [_render_run(run) for run in summary["runs"]]
     if summary["top_errors"]:
         lines.append("\ncommonest errors:")
         lines += [f"  {item['images']:>8}  {item['error']}" for item in summary["top_errors"]]
