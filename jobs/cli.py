@@ -100,12 +100,14 @@ def _run(args: argparse.Namespace) -> ExitCode:
         print(f"# {job.describe()}\n# dry run: nothing was labelled")
         print(yaml.safe_dump(job.effective(), sort_keys=False, default_flow_style=None), end="")
         return ExitCode.OK
+    from pipeline.lock import OutputLocked
+
     from .lease import LeaseHeld
     from .runner import exit_code, run_job
 
     try:
         summary = run_job(job, progress=not args.no_progress)
-    except LeaseHeld as exc:
+    except (LeaseHeld, OutputLocked) as exc:
         print(f"sfp-label: busy: {exc}", file=sys.stderr)
         return ExitCode.BUSY
     print(summary.one_line())

@@ -19,8 +19,17 @@ def is_local(uri: str) -> bool:
 
 
 def open_location(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[AbstractFileSystem, str]:
-    """The filesystem and root path of `uri` (a relative local path becomes absolute)."""
-    fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    """The filesystem and root path of `uri` (a relative local path becomes absolute).
+
+    Job files use the pipeline's option names; s3fs wants the region inside `client_kwargs`.
+    """
+    options = dict(storage_options or {})
+    if urlparse(uri).scheme in ("s3", "s3a"):
+        region = options.pop("region_name", None)
+        region = options.pop("region", region)
+        if region:
+            options["client_kwargs"] = {**options.get("client_kwargs", {}), "region_name": region}
+    fs, path = fsspec.core.url_to_fs(uri, **options)
     return fs, path.rstrip("/")
 
 
