@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -204,6 +205,12 @@ def _todo(
     return todo, listed.count()
 
 
+def _root_cause(exc: BaseException) -> str:
+    """One line: the exception type and the last line of its message (Ray wraps the cause's traceback)."""
+    lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[-1] if lines else ''}".rstrip(": ")
+
+
 def _record_failure(
     output: Location,
     run_id: str,
@@ -213,7 +220,7 @@ def _record_failure(
     redact: Redactor,
 ) -> None:
     """Mark the run failed in its manifest; files already committed (incremental) are listed, they stay valid."""
-    manifest.update(status="failed", ended_at=iso(time.time()), error=f"{type(exc).__name__}: {exc}")
+    manifest.update(status="failed", ended_at=iso(time.time()), error=_root_cause(exc))
     manifest["files"] = [f.name for f in sink.written] if sink.commit_each_file else []
     try:
         write_manifest(output, run_id, manifest, redact)
