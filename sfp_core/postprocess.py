@@ -15,19 +15,16 @@ def class_probabilities(logits: torch.Tensor, logit_scale: float, query_to_class
     return pooled.scatter_reduce_(0, index, probs, "amax", include_self=False)
 
 
-def apply_area_threshold(probs: torch.Tensor, area_thd: float) -> torch.Tensor:
-    """Zero a non-background class whose argmax area is not above `area_thd` x all
-    non-background argmax pixels (class 0 is background and always kept)."""
-    counts = torch.bincount(probs.argmax(dim=0).flatten(), minlength=probs.shape[0])[1:]
+def apply_area_threshold(probs: torch.Tensor, labels: torch.Tensor, area_thd: float) -> torch.Tensor:
+    """Zero a non-background class whose argmax area (`labels` = argmax of `probs`) is not
+    above `area_thd` x all non-background argmax pixels (class 0, background, is kept)."""
+    counts = torch.bincount(labels.flatten(), minlength=probs.shape[0])[1:]
     keep = (counts > area_thd * counts.sum()).to(probs.dtype)
     probs = probs.clone()
     probs[1:] *= keep.view(-1, 1, 1)
     return probs
 
 
-def label_map(probs: torch.Tensor, prob_thd: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Argmax labels, with pixels whose max probability is below `prob_thd` set to 0."""
-    confidence, labels = probs.max(dim=0)
-    if prob_thd > 0:
-        labels = labels.masked_fill(confidence < prob_thd, 0)
-    return labels, confidence
+def below_threshold_to_background(labels: torch.Tensor, confidence: torch.Tensor, prob_thd: float) -> torch.Tensor:
+    """Pixels whose max probability is below `prob_thd` get label 0 (background)."""
+    return labels.masked_fill(confidence < prob_thd, 0) if prob_thd > 0 else labels

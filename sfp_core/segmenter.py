@@ -19,13 +19,13 @@ import torch.nn.functional as F
 from .backbone import Backbone, load_backbone
 from .config import SFPConfig
 from .pamr import pamr
-from .postprocess import apply_area_threshold, class_probabilities, label_map
+from .postprocess import apply_area_threshold, below_threshold_to_background, class_probabilities
 from .purifier import sfp_windows
 from .results import ImageStats, Outlier, SegmentResult
 from .text import TextEmbeddingCache
 from .vit import ViTRunner
 from .vocabulary import Vocabulary
-from .windows import normalise, prepare_image, window_grid
+from .windows import normalise, prepare_image, window_coverage, window_grid
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,6 @@ class SFPSegmenter:
 
         windows = self._windows(pixels)
         sums = [torch.zeros((len(self.text_features), *p.shape[1:]), device=self.device) for p in pixels]
-        counts = [torch.zeros(p.shape[1:], device=self.device) for p in pixels]
         detections: list[tuple[list[_Window], torch.Tensor, torch.Tensor, tuple[int, int]]] = []
         for chunk in self._chunks(windows):
             batch = torch.stack([pixels[w.image][:, w.y1 : w.y2, w.x1 : w.x2] for w in chunk])
@@ -150,13 +149,12 @@ class SFPSegmenter:
                 out = sfp_windows(self.runner, batch, self.text_features, self.config)
             for j, w in enumerate(chunk):
                 sums[w.image][:, w.y1 : w.y2, w.x1 : w.x2] += out.logits[j]
-                counts[w.image][w.y1 : w.y2, w.x1 : w.x2] += 1
             detections.append((chunk, out.outliers, out.scores, out.grid))
 
         outliers = self._collect_outliers(detections, pixels, sizes)
         results = []
         for i, size in enumerate(sizes):
-            logits = sums[i] / counts[i]
+            logits = sums[i] / self._coverage(pixels[i])
             results.append(self._finish(logits, pixels[i], size, outliers[i], return_probs))
         return results
 
@@ -173,6 +171,12 @@ class SFPSegmenter:
             for i, p in enumerate(pixels)
             for k, box in enumerate(window_grid(p.shape[1], p.shape[2], crop, stride))
         ]
+
+    def _coverage(self, pixels: torch.Tensor) -> torch.Tensor:
+        """`H x W` count of windows over each pixel, for averaging overlapping logits."""
+        rows, cols = window_coverage(pixels.shape[1], pixels.shape[2], self.config.slide_crop, self.config.slide_stride)
+        rows_t = torch.from_numpy(rows).to(self.device, torch.float32)
+        return rows_t[:, None] * torch.from_numpy(cols).to(self.device, torch.float32)[None, :]
 
     def _chunks(self, windows: list[_Window]):
         """Windows grouped by shape, in forwards of at most `max_windows_per_forward`."""
@@ -220,9 +224,11 @@ class SFPSegmenter:
             guide = F.interpolate(pixels[None], size=size, mode="bilinear", align_corners=False)[0]
             logits = pamr(guide, logits, self.config.pamr_steps)
         probs = class_probabilities(logits, self.config.logit_scale, self._query_to_class, self.vocabulary.num_classes)
+        confidence, labels = probs.max(dim=0)
         if self.config.area_thd is not None:
-            probs = apply_area_threshold(probs, self.config.area_thd)
-        labels, confidence = label_map(probs, self.config.prob_thd)
+            probs = apply_area_threshold(probs, labels, self.config.area_thd)
+            confidence, labels = probs.max(dim=0)
+        labels = below_threshold_to_background(labels, confidence, self.config.prob_thd)
         areas = torch.bincount(labels.flatten(), minlength=self.vocabulary.num_classes).cpu().numpy()
         mask_dtype = np.uint8 if self.vocabulary.num_classes <= 255 else np.uint16
         scores = [o.score for o in outliers]

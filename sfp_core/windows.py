@@ -43,6 +43,18 @@ def normalise(image: torch.Tensor) -> torch.Tensor:
     return (image.permute(2, 0, 1).float() - mean) / std
 
 
+def window_coverage(height: int, width: int, crop: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """How many windows cover each row and each column; windows form a grid, so a
+    pixel's count is the product of its row's and its column's."""
+    rows, cols = np.zeros(height, dtype=np.int64), np.zeros(width, dtype=np.int64)
+    for y1, x1, y2, x2 in window_grid(height, width, crop, stride):
+        if x1 == 0:
+            rows[y1:y2] += 1
+        if y1 == 0:
+            cols[x1:x2] += 1
+    return rows, cols
+
+
 def window_grid(height: int, width: int, crop: int, stride: int) -> list[tuple[int, int, int, int]]:
     """Sliding windows `(y1, x1, y2, x2)` in mmseg's order (rows outer, columns inner).
 

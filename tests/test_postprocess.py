@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sfp_core.postprocess import apply_area_threshold, class_probabilities, label_map
+from sfp_core.postprocess import apply_area_threshold, below_threshold_to_background, class_probabilities
 
 
 def test_synonyms_take_the_max_over_their_names(rng):
@@ -39,11 +39,11 @@ def test_area_threshold_zeroes_small_non_background_classes():
     labels[:3, 6:] = 2  # 12 pixels
     labels[9, 9] = 3  # 1 pixel; non-background total = 73
     probs = _probs_from_labels(labels, 4)
-    out = apply_area_threshold(probs, 0.1).numpy()
+    out = apply_area_threshold(probs, probs.argmax(0), 0.1).numpy()
     # 60 > 7.3 and 12 > 7.3 survive, 1 does not; background is never touched
     np.testing.assert_array_equal(out[:3], probs[:3].numpy())
     assert (out[3] == 0).all()
-    out = apply_area_threshold(probs, 0.2).numpy()  # 12 is not above 14.6
+    out = apply_area_threshold(probs, probs.argmax(0), 0.2).numpy()  # 12 is not above 14.6
     assert (out[2] == 0).all() and (out[1] == probs[1].numpy()).all()
 
 
@@ -51,14 +51,14 @@ def test_area_threshold_boundary_is_strict():
     labels = np.zeros((1, 10), dtype=int)
     labels[0, :5] = 1
     labels[0, 5:] = 2  # each is exactly 0.5 of the non-background pixels
-    out = apply_area_threshold(_probs_from_labels(labels, 3), 0.5).numpy()
+    probs = _probs_from_labels(labels, 3)
+    out = apply_area_threshold(probs, probs.argmax(0), 0.5).numpy()
     assert (out[1:] == 0).all()
 
 
 def test_prob_threshold_sends_unsure_pixels_to_background():
     probs = torch.tensor([[[0.1, 0.3]], [[0.5, 0.34]], [[0.4, 0.36]]])
-    labels, confidence = label_map(probs, 0.45)
-    assert labels.tolist() == [[1, 0]]
-    torch.testing.assert_close(confidence, torch.tensor([[0.5, 0.36]]))
-    labels, _ = label_map(probs, 0.0)
-    assert labels.tolist() == [[1, 2]]
+    confidence, argmax = probs.max(dim=0)
+    assert below_threshold_to_background(argmax, confidence, 0.45).tolist() == [[1, 0]]
+    assert below_threshold_to_background(argmax, confidence, 0.36).tolist() == [[1, 2]]  # strict "<"
+    assert below_threshold_to_background(argmax, confidence, 0.0).tolist() == [[1, 2]]

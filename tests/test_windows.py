@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from sfp_core.windows import PIXEL_MEAN, PIXEL_STD, normalise, resize_image, window_grid, working_size
+from sfp_core.windows import (
+    PIXEL_MEAN,
+    PIXEL_STD,
+    normalise,
+    resize_image,
+    window_coverage,
+    window_grid,
+    working_size,
+)
 
 
 def expected_grid(height: int, width: int, crop: int, stride: int) -> list[tuple[int, int, int, int]]:
@@ -36,6 +44,8 @@ def test_window_grid_follows_the_spec_formula(height, width):
         assert (y2 - y1) == min(224, height) and (x2 - x1) == min(224, width)  # keeps the crop size where possible
         covered[y1:y2, x1:x2] += 1
     assert covered.min() >= 1  # every pixel is seen
+    rows, cols = window_coverage(height, width, 224, 112)
+    np.testing.assert_array_equal(np.outer(rows, cols), covered)
 
 
 def test_window_grid_many_sizes_against_brute_force():

@@ -1,0 +1,166 @@
+"""SFP throughput on CPU (or CUDA): batch 1 vs batched, against a plain CLIP forward of the same windows.
+
+The floor is open_clip's own `encode_image` on exactly the windows SFP runs;
+"all-weights" is SFP with attention probabilities materialised in every block,
+which is what the authors' code does. Ratios are from one run, interleaved.
+
+    python bench/sfp_throughput.py --arch ViT-B-16 --images 16 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sfp_core import SFPConfig, SFPSegmenter, Vocabulary
+from sfp_core.vit import ViTRunner
+from sfp_core.windows import normalise, window_grid
+
+VOCAB = Path(__file__).parent.parent / "jobs" / "vocab" / "voc21.txt"
+
+
+def corpus(count: int, height: int, width: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8) for _ in range(count)]
+
+
+def window_batches(segmenter: SFPSegmenter, images: list[np.ndarray]) -> list[torch.Tensor]:
+    """The exact windows SFP runs, stacked in the same forward sizes."""
+    crops = []
+    for image in images:
+        pixels = normalise(torch.from_numpy(segmenter.prepare(image)).to(segmenter.device))
+        for y1, x1, y2, x2 in window_grid(pixels.shape[1], pixels.shape[2], 224, 112):
+            crops.append(pixels[:, y1:y2, x1:x2])
+    limit = segmenter.config.max_windows_per_forward
+    return [torch.stack(crops[i : i + limit]) for i in range(0, len(crops), limit)]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextmanager
+def all_blocks_materialise_attention():
+    original = ViTRunner.run_block
+
+    def run_block(self, index, x, need_weights=False):
+        return original(self, index, x, need_weights=True)
+
+    ViTRunner.run_block = run_block
+    try:
+        yield
+    finally:
+        ViTRunner.run_block = original
+
+
+def timed(fn, device) -> float:
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", default="ViT-B-16")
+    parser.add_argument("--images", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=8, help="images per segment() call in the batched mode")
+    parser.add_argument("--height", type=int, default=375)
+    parser.add_argument("--width", type=int, default=500)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "sfp_throughput.json"))
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    config = SFPConfig.preset("voc21", precision=args.precision)
+    segmenter = SFPSegmenter.from_pretrained(args.arch, "random", VOCAB, config, device)
+    images = corpus(args.images, args.height, args.width)
+    batches = window_batches(segmenter, images)
+    windows = sum(len(b) for b in batches)
+    model = segmenter.model
+    autocast = segmenter._autocast  # the same precision context SFP uses
+
+    def plain_forward():
+        with torch.inference_mode(), autocast():
+            for batch in batches:
+                model.encode_image(batch)
+
+    def sfp_batch1():
+        for image in images:
+            segmenter.segment([image])
+
+    def sfp_batched():
+        for start in range(0, len(images), args.batch):
+            segmenter.segment(images[start : start + args.batch])
+
+    def sfp_all_weights():
+        with all_blocks_materialise_attention():
+            sfp_batched()
+
+    modes = {
+        "plain CLIP forward (floor)": plain_forward,
+        "SFP batch 1": sfp_batch1,
+        f"SFP batched ({args.batch} images/call)": sfp_batched,
+        "SFP, attention weights in every block": sfp_all_weights,
+    }
+    for fn in modes.values():  # warm-up
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in modes}
+    for _ in range(args.repeats):
+        for name, fn in modes.items():
+            times[name].append(timed(fn, device))
+    latencies = []
+    for image in images[: min(8, len(images))]:
+        latencies.append(timed(lambda image=image: segmenter.segment([image]), device))
+
+    floor = statistics.median(times["plain CLIP forward (floor)"])
+    rows = []
+    for name, samples in times.items():
+        seconds = statistics.median(samples)
+        rows.append(
+            {
+                "mode": name,
+                "seconds": round(seconds, 3),
+                "windows_per_s": round(windows / seconds, 2),
+                "images_per_s": round(len(images) / seconds, 3),
+                "vs_floor": round(seconds / floor, 3),
+            }
+        )
+    report = {
+        "arch": args.arch,
+        "weights": "random",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "torch_threads": torch.get_num_threads(),
+        "precision": args.precision,
+        "images": len(images),
+        "image_size": [args.height, args.width],
+        "windows": windows,
+        "batch1_latency_s": {"median": round(statistics.median(latencies), 3), "max": round(max(latencies), 3)},
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "cuda_peak_mib": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None,
+        "rows": rows,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"{args.arch}, {len(images)} images {args.height}x{args.width} = {windows} windows, {report['device']}")
+    print("| mode | s | windows/s | images/s | x floor |\n|---|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['mode']} | {row['seconds']} | {row['windows_per_s']} | {row['images_per_s']} | {row['vs_floor']} |")
+    print(f"batch-1 latency median {report['batch1_latency_s']['median']} s; peak RSS {report['peak_rss_mib']} MiB")
+
+
+if __name__ == "__main__":
+    main()
