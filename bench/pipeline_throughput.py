@@ -1,0 +1,259 @@
+"""End-to-end images/s of `pipeline.label` vs `SFPSegmenter.segment` in one process, and the driver's memory.
+
+For each architecture (random weights) the same generated corpus of JPEGs
+(500 x 375 by default) is labelled twice, each in a fresh process:
+  bare      load the model, then decode (Pillow, EXIF) + `segment` in batches, one process;
+  pipeline  `label()` into a local folder (listing, decode/resize tasks, one actor,
+            PNG encoding, Parquet), Ray already started (cluster start-up is not counted).
+Both end-to-end times include loading the model once. The driver's peak RSS
+during `label()` is sampled for a corpus and one 10x larger (cheap settings,
+since only the driver's memory is measured there).
+
+  .venv/bin/python bench/pipeline_throughput.py                        # tiny ViT 500, ViT-B-16 60, memory 500/5000
+  .venv/bin/python bench/pipeline_throughput.py --archs SFP-Tiny-16 --images 200 --memory-sizes
+
+Writes bench/results/pipeline_throughput.json and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).parent / "results" / "pipeline_throughput.json"
+CLASSES = [["background", "sky", "wall"], ["cat"], ["dog"], ["person"], ["car"]]
+MEMORY_CONFIG = {"short_side": 64, "slide_crop": 0}  # one small window per image: the model is not under test
+
+
+def make_corpus(directory: Path, count: int, size: tuple[int, int] = (500, 375)) -> Path:
+    """`count` JPEGs of `size` (W, H): smooth gradients, blobs and noise, so they compress like photos."""
+    from PIL import Image
+
+    directory.mkdir(parents=True, exist_ok=True)
+    width, height = size
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    existing = len(list(directory.glob("*.jpg")))
+    for index in range(existing, count):
+        base = rng.uniform(0, 255, 3) * (xx[..., None] / width) + rng.uniform(0, 255, 3) * (yy[..., None] / height)
+        cy, cx, radius = rng.uniform(0, height), rng.uniform(0, width), rng.uniform(20, 120)
+        blob = ((yy - cy) ** 2 + (xx - cx) ** 2 < radius**2)[..., None] * rng.uniform(-120, 120, 3)
+        pixels = np.clip(base / 2 + blob + rng.normal(0, 8, (height, width, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(directory / f"img_{index:06d}.jpg", quality=90)
+    return directory
+
+
+class PeakRSS:
+    """Samples this process's resident memory (Linux /proc) every 20 ms; `peak_mb` is the highest seen."""
+
+    def __init__(self) -> None:
+        self.peak = self.current()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def current() -> int:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, self.current())
+
+    def __enter__(self) -> PeakRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.current())
+
+
+def child_bare(spec: dict) -> dict:
+    import torch
+    from PIL import Image, ImageOps
+
+    from sfp_core import SFPConfig, SFPSegmenter, Vocabulary
+
+    paths = sorted(Path(spec["corpus"]).glob("*.jpg"))[: spec["images"]]
+    start = time.perf_counter()
+    segmenter = SFPSegmenter.from_pretrained(spec["arch"], "random", Vocabulary(CLASSES), SFPConfig(**spec["config"]))
+    loaded = time.perf_counter()
+    for first in range(0, len(paths), spec["batch_size"]):
+        images = [
+            np.array(ImageOps.exif_transpose(Image.open(p)).convert("RGB"))
+            for p in paths[first : first + spec["batch_size"]]
+        ]
+        segmenter.segment(images)
+    done = time.perf_counter()
+    return {
+        "images": len(paths),
+        "load_s": loaded - start,
+        "run_s": done - loaded,
+        "e2e_s": done - start,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def child_pipeline(spec: dict) -> dict:
+    import ray
+
+    from pipeline import label
+    from sfp_core import SFPConfig, Vocabulary
+
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    output = Path(spec["output"])
+    shutil.rmtree(output, ignore_errors=True)
+    corpus = Path(spec["corpus"])
+    before = PeakRSS.current()
+    start = time.perf_counter()
+    with PeakRSS() as rss:
+        summary = label(
+            str(corpus),
+            str(output),
+            vocabulary=Vocabulary(CLASSES),
+            arch=spec["arch"],
+            weights="random",
+            config=SFPConfig(**spec["config"]),
+            mode="overwrite",
+            actors=(1, 1),
+            batch_size=spec["batch_size"],
+            progress=False,
+        )
+    done = time.perf_counter()
+    assert summary.ok == summary.total == spec["images"], summary
+    return {
+        "images": summary.ok,
+        "e2e_s": done - start,
+        "driver_rss_before_mb": before / 2**20,
+        "driver_peak_rss_mb": rss.peak / 2**20,
+        "driver_growth_mb": (rss.peak - before) / 2**20,
+        "driver_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def run_child(kind: str, spec: dict, timeout: float) -> dict:
+    """One measurement in a fresh interpreter, so neither side inherits the other's threads, caches or memory."""
+    load = os.getloadavg()[0]
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", kind, json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        raise RuntimeError(f"{kind} child failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    result = json.loads(lines[-1].removeprefix("RESULT "))
+    result["ips"] = result["images"] / result["e2e_s"]
+    result["loadavg_before"] = load
+    result["loadavg_after"] = os.getloadavg()[0]
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--archs", nargs="*", default=["SFP-Tiny-16", "ViT-B-16"])
+    parser.add_argument("--images", type=int, default=500, help="corpus size for the tiny ViT")
+    parser.add_argument("--vitb-images", type=int, default=60, help="corpus size for ViT-B-16 (slow on CPU)")
+    parser.add_argument("--memory-sizes", nargs="*", type=int, default=[500, 5000])
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--workdir", default=None, help="where corpora and outputs go (default: a temp dir)")
+    parser.add_argument("--timeout", type=float, default=3600)
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        kind, spec = args.child
+        result = (child_bare if kind == "bare" else child_pipeline)(json.loads(spec))
+        print("RESULT " + json.dumps(result), flush=True)
+        return
+
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="sfp-bench-"))
+    corpus_size = max([args.images, *args.memory_sizes, args.vitb_images if "ViT-B-16" in args.archs else 0])
+    t0 = time.perf_counter()
+    make_corpus(workdir / "corpus", corpus_size)
+    print(f"corpus of {corpus_size} JPEGs in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+    results: dict = {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "image_size": [500, 375],
+        "batch_size": args.batch_size,
+        "throughput": [],
+        "driver_memory": [],
+    }
+    for arch in args.archs:
+        count = args.vitb_images if arch == "ViT-B-16" else args.images
+        subset = workdir / f"corpus-{count}"
+        if not subset.exists():
+            subset.mkdir()
+            for path in sorted((workdir / "corpus").glob("*.jpg"))[:count]:
+                os.symlink(path, subset / path.name)
+        spec = {"arch": arch, "corpus": str(subset), "images": count, "batch_size": args.batch_size, "config": {}}
+        bare = run_child("bare", spec, args.timeout)
+        piped = run_child("pipeline", {**spec, "output": str(workdir / f"out-{arch}")}, args.timeout)
+        row = {"arch": arch, "images": count, "bare": bare, "pipeline": piped}
+        row["ratio_e2e"] = piped["ips"] / bare["ips"]
+        row["ratio_vs_bare_steady"] = piped["ips"] / (bare["images"] / bare["run_s"])
+        results["throughput"].append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+    for count in args.memory_sizes:
+        subset = workdir / f"memory-{count}"
+        if not subset.exists():
+            subset.mkdir()
+            for path in sorted((workdir / "corpus").glob("*.jpg"))[:count]:
+                os.symlink(path, subset / path.name)
+        spec = {
+            "arch": "SFP-Tiny-16",
+            "corpus": str(subset),
+            "images": count,
+            "batch_size": args.batch_size,
+            "config": MEMORY_CONFIG,
+            "output": str(workdir / f"out-memory-{count}"),
+        }
+        results["driver_memory"].append({"images": count, **run_child("pipeline", spec, args.timeout)})
+        print(json.dumps(results["driver_memory"][-1]), file=sys.stderr, flush=True)
+
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2))
+    print(markdown(results))
+
+
+def markdown(results: dict) -> str:
+    lines = [
+        "| model (random weights) | images | bare segmenter img/s (e2e / steady) | pipeline img/s (e2e) | ratio e2e |",
+        "|---|---|---|---|---|",
+    ]
+    for row in results["throughput"]:
+        bare, piped = row["bare"], row["pipeline"]
+        lines.append(
+            f"| {row['arch']} | {row['images']} | {bare['ips']:.2f} / {bare['images'] / bare['run_s']:.2f} "
+            f"| {piped['ips']:.2f} | {row['ratio_e2e']:.2f}x |"
+        )
+    if results["driver_memory"]:
+        lines += [
+            "",
+            "| corpus | driver RSS before label() | driver peak during label() | growth |",
+            "|---|---|---|---|",
+        ]
+        for row in results["driver_memory"]:
+            lines.append(
+                f"| {row['images']} images | {row['driver_rss_before_mb']:.0f} MiB "
+                f"| {row['driver_peak_rss_mb']:.0f} MiB | {row['driver_growth_mb']:+.0f} MiB |"
+            )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
