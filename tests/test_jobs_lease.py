@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 
 import fsspec
 import pytest
+from fsspec import AbstractFileSystem
 
 from jobs.lease import LEASE_DIR, LeaseHeld, LeaseLost, OutputLease
+from jobs.storage import open_location
 
 
 @pytest.fixture
@@ -81,13 +84,13 @@ def test_unreadable_lease_counts_as_held(local):
         OutputLease(fs, root, "job").acquire()
 
 
-def race(fs, root, runners: int = 8) -> list[OutputLease]:
+def race(make_lease: Callable[[], OutputLease], runners: int = 8) -> list[OutputLease]:
     """Start `runners` acquisitions at the same instant; return the winners."""
     barrier = threading.Barrier(runners)
     winners, errors = [], []
 
     def attempt() -> None:
-        lease = OutputLease(fs, root, "racer")
+        lease = make_lease()
         barrier.wait()
         try:
             lease.acquire()
@@ -109,6 +112,23 @@ def race(fs, root, runners: int = 8) -> list[OutputLease]:
 def test_simultaneous_starts_have_exactly_one_winner(local):
     fs, root = local
     for _ in range(5):
-        winners = race(fs, root)
+        winners = race(lambda: OutputLease(fs, root, "racer"))
         assert len(winners) == 1
         winners[0].release()
+
+
+def test_simultaneous_starts_on_s3_have_exactly_one_winner(s3_server):
+    """Conditional creates on a real S3 server (SeaweedFS): the lease holds across machines, not just locally."""
+    s3_server.create_bucket("leases")
+
+    def own_client() -> tuple[AbstractFileSystem, str]:  # each racer its own S3 client, as separate machines
+        return open_location("s3://leases/out", {**s3_server.storage_options, "skip_instance_cache": True})
+
+    fs, root = own_client()
+    for _ in range(3):
+        winners = race(lambda: OutputLease(*own_client(), "racer"), runners=6)
+        assert len(winners) == 1
+        with pytest.raises(LeaseHeld):
+            OutputLease(fs, root, "late").acquire()
+        winners[0].release()
+    assert lease_files(fs, root) == ["000000000002.json", "000000000003.json"]
