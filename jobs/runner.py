@@ -10,7 +10,7 @@ from .exitcodes import ExitCode
 from .lease import OutputLease
 from .placement import check_placement, ray_node_count
 from .resolve import Job
-from .storage import open_location
+from .storage import fsspec_options, open_location
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def run_job(job: Job, *, progress: bool = True) -> RunSummary:
             arch=spec.model.arch,
             weights=spec.model.weights,
             weights_sha256=spec.model.weights_sha256,
-            weights_storage_options=spec.model.storage_options,
+            weights_storage_options=fsspec_options(spec.model.weights, spec.model.storage_options),
             config=job.config,
             extensions=tuple(spec.input.extensions),
             input_storage_options=spec.input.storage_options,

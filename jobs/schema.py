@@ -46,7 +46,7 @@ class ModelSpec(_Section):
     arch: str = Field("ViT-B-16", min_length=1)
     weights: str = Field("openai", min_length=1, description="open_clip tag | file | fsspec URI | random")
     weights_sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
-    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for a weights URI")
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="for a weights URI; as in input")
 
 
 class VocabularySpec(_Section):

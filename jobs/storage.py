@@ -18,18 +18,20 @@ def is_local(uri: str) -> bool:
     return urlparse(uri).scheme in ("", "file")
 
 
-def open_location(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[AbstractFileSystem, str]:
-    """The filesystem and root path of `uri` (a relative local path becomes absolute).
-
-    Job files use the pipeline's option names; s3fs wants the region inside `client_kwargs`.
-    """
+def fsspec_options(uri: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
+    """Job files name options the pipeline's way (`region`); s3fs wants the region in `client_kwargs`."""
     options = dict(storage_options or {})
     if urlparse(uri).scheme in ("s3", "s3a"):
         region = options.pop("region_name", None)
         region = options.pop("region", region)
         if region:
             options["client_kwargs"] = {**options.get("client_kwargs", {}), "region_name": region}
-    fs, path = fsspec.core.url_to_fs(uri, **options)
+    return options
+
+
+def open_location(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[AbstractFileSystem, str]:
+    """The filesystem and root path of `uri` (a relative local path becomes absolute)."""
+    fs, path = fsspec.core.url_to_fs(uri, **fsspec_options(uri, storage_options))
     return fs, path.rstrip("/")
 
 
