@@ -7,14 +7,18 @@ import json
 import logging
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from .errors import JobError
 from .exitcodes import HELP as EXIT_CODES_HELP
 from .exitcodes import ExitCode
+
+if TYPE_CHECKING:
+    from .output import Output
 
 EXAMPLES = """examples:
   sfp-label run jobs/demo.yaml --set model.weights=random     label examples/images into out/demo, offline
@@ -24,6 +28,8 @@ EXAMPLES = """examples:
   sfp-label show out/demo                                     counts, classes, outlier statistics
   sfp-label show s3://bucket/labels/voc21 -o endpoint_url=http://127.0.0.1:8333 --json
   sfp-label export out/demo out/demo-voc --ignore-below 0.5   masks for a trainer (VOC / mmseg layout)
+  sfp-label eval out/voc21 --gt data/VOCdevkit/VOC2012/SegmentationClass   mIoU / mAcc / aAcc per class
+  sfp-label render out/demo out/demo-html --limit 50          overlays, outlier maps and an index.html
   ray job submit --working-dir . -- sfp-label run jobs/voc21.yaml   on a Ray cluster
 
 Job files: YAML (see jobs/*.yaml); ${VAR} and ${VAR:-default} take non-secret values from the
@@ -86,7 +92,24 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     export.add_argument("--ignore-index", type=int, default=255, help="label of ignored pixels (default 255)")
     export.add_argument("--split", default="train", help="name of the id list, ImageSets/Segmentation/SPLIT.txt")
+    _add_eval_and_render(output_command)
     return parser
+
+
+def _add_eval_and_render(output_command: Callable[[str, str], argparse.ArgumentParser]) -> None:
+    from .labelmaps import FORMATS
+
+    formats = "; ".join(f"{f.name}: {f.about}" for f in FORMATS.values())
+    evaluate = output_command("eval", "score the masks against ground-truth label maps (mIoU, mAcc, aAcc)")
+    evaluate.add_argument("--gt", required=True, metavar="DIR_OR_URI", help="folder of label maps (-o applies too)")
+    evaluate.add_argument("--vocab", type=Path, metavar="FILE", help="class names (default: the run manifest's)")
+    evaluate.add_argument("--gt-format", choices=list(FORMATS), default="voc", help=f"(default voc) {formats}")
+    evaluate.add_argument("--gt-suffix", metavar="SUFFIX", help="label file = <image stem>SUFFIX (default per format)")
+    evaluate.add_argument("--out", type=Path, default=Path("."), metavar="DIR", help="for metrics.json, per_class.csv")
+    render = output_command("render", "PNG overlays, outlier maps and an index.html to look at the masks")
+    render.add_argument("directory", type=Path, metavar="DIR")
+    render.add_argument("--limit", type=int, default=100, metavar="N", help="images to render (0 = all; default 100)")
+    render.add_argument("--max-side", type=int, default=640, metavar="PX", help="picture size cap (default 640)")
 
 
 def _run(args: argparse.Namespace) -> ExitCode:
@@ -126,6 +149,8 @@ def _output(args: argparse.Namespace) -> ExitCode:
             summary = summarize(output)
             print(json.dumps(summary, indent=2) if args.json else render(summary))
             return ExitCode.OK
+        if args.command in ("eval", "render"):
+            return _eval_or_render(args, output, parse_storage_options(args.storage_options))
         from .export import export
 
         report = export(
@@ -135,6 +160,26 @@ def _output(args: argparse.Namespace) -> ExitCode:
         print(f"sfp-label {args.command}: {exc}", file=sys.stderr)
         return ExitCode.BAD_JOB
     print(report.one_line())
+    return ExitCode.OK
+
+
+def _eval_or_render(args: argparse.Namespace, output: Output, storage_options: dict[str, Any]) -> ExitCode:
+    if args.command == "eval":
+        from .evaluate import GroundTruth, class_names, evaluate
+        from .labelmaps import FORMATS
+
+        gt = GroundTruth.open(args.gt, FORMATS[args.gt_format], args.gt_suffix, storage_options)
+        report = evaluate(output, gt, class_names(output, args.vocab))
+        print(report.table())
+        metrics, per_class = report.write(args.out)
+        print(f"wrote {metrics} and {per_class}")
+        return ExitCode.OK
+    from .render import render
+
+    rendered = render(
+        output, args.directory, limit=args.limit or None, max_side=args.max_side, storage_options=storage_options
+    )
+    print(rendered.one_line())
     return ExitCode.OK
 
 
