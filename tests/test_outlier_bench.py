@@ -35,8 +35,7 @@ def test_counts_and_norms_per_block_for_every_detector(bench, tmp_path, rng):
 
     config = SFPConfig()
     windows = sum(
-        len(window_grid(*prepare_image(np.zeros((*s, 3), np.uint8), 336, 2048, 16).shape[:2], 224, 112))
-        for s in shapes
+        len(window_grid(*prepare_image(np.zeros((*s, 3), np.uint8), 336, 2048, 16).shape[:2], 224, 112)) for s in shapes
     )
     assert (result["images"], result["windows"], result["blocks"]) == (2, windows, list(range(1, 12)))
     assert json.loads(out.with_suffix(".json").read_text()) == result
