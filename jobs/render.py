@@ -193,6 +193,10 @@ def render(
     storage_options: dict[str, Any] | None = None,
 ) -> RenderReport:
     """Render the first `limit` ok rows (all with None) and list the error rows; writes `index.html` last."""
+    if limit is not None and limit < 0:
+        raise OutputError(f"--limit {limit}: expected a count, 0 for all")
+    if max_side < MIN_SIDE:
+        raise OutputError(f"--max-side {max_side}: pictures need at least {MIN_SIDE} pixels")
     names = output.class_names()
     if names is None:
         raise OutputError(f"{output.uri}: no run manifest names the classes; was it written by sfp-label?")

@@ -7,6 +7,7 @@ import base64
 import contextlib
 import functools
 import http.server
+import io
 import json
 import os
 import re
@@ -282,3 +283,31 @@ def test_the_page_loads_in_chromium_with_every_picture_and_no_console_errors(ren
         assert browser.errors() == []
     screenshot = np.asarray(Image.open(tmp_path / "page.png").convert("RGB"))
     assert screenshot.shape[1] >= 800 and len(np.unique(screenshot.reshape(-1, 3), axis=0)) > 100
+
+
+def test_source_images_in_object_storage_are_read_with_the_storage_options(s3_server, tmp_path, capsys):
+    from test_eval import ok_row, write_output
+
+    s3_server.create_bucket("sfp-render")
+    pixels = scene(30, 40, 4)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    with s3_server.filesystem().open_output_stream("sfp-render/photos/a.png") as stream:
+        stream.write(buffer.getvalue())
+    mask = np.zeros((30, 40), np.uint8)
+    output = write_output(tmp_path / "out", [[ok_row("a.png", mask, uri="s3://sfp-render/photos/a.png")]])
+    where = [f"-o{key}={value}" for key, value in s3_server.storage_options.items()]
+    assert main(["render", str(output), str(tmp_path / "html"), *where]) == 0, capsys.readouterr().err
+    assert "unreadable" not in (tmp_path / "html" / "index.html").read_text()
+    overlay = np.asarray(Image.open(tmp_path / "html" / pictures(tmp_path / "html")[0]).convert("RGB"))
+    expected = np.asarray(Image.fromarray(pixels).resize((256, 192), Image.BILINEAR))
+    assert np.array_equal(overlay[:192, :256], expected)
+
+
+@pytest.mark.parametrize(("option", "message"), [("--limit=-1", "--limit -1"), ("--max-side=100", "at least 256")])
+def test_bad_picture_options_are_refused(tmp_path, capsys, option, message):
+    from test_eval import ok_row, write_output
+
+    output = write_output(tmp_path / "out", [[ok_row("a.png", np.zeros((4, 4), np.uint8))]])
+    assert main(["render", str(output), str(tmp_path / "html"), option]) == 2
+    assert message in capsys.readouterr().err
