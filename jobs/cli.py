@@ -105,7 +105,7 @@ def _add_eval_and_render(output_command: Callable[[str, str], argparse.ArgumentP
     evaluate.add_argument("--vocab", type=Path, metavar="FILE", help="class names (default: the run manifest's)")
     evaluate.add_argument("--gt-format", choices=list(FORMATS), default="voc", help=f"(default voc) {formats}")
     evaluate.add_argument("--gt-suffix", metavar="SUFFIX", help="label file = <image stem>SUFFIX (default per format)")
-    evaluate.add_argument("--out", type=Path, default=Path("."), metavar="DIR", help="for metrics.json, per_class.csv")
+    evaluate.add_argument("--out", type=Path, default=Path(), metavar="DIR", help="for the JSON and CSV (default .)")
     render = output_command("render", "PNG overlays, outlier maps and an index.html to look at the masks")
     render.add_argument("directory", type=Path, metavar="DIR")
     render.add_argument("--limit", type=int, default=100, metavar="N", help="images to render (0 = all; default 100)")
