@@ -111,6 +111,9 @@ def test_busy_when_another_run_holds_the_output(tmp_path):
 
 
 def test_crash_exits_4(tmp_path):
-    result = cli("run", str(tiny_job(tmp_path, tmp_path / "out")), "--no-progress")  # the input folder is missing
+    (tmp_path / "images").mkdir()
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the output folder should be")
+    result = cli("run", str(tiny_job(tmp_path, blocked)), "--no-progress")
     assert result.returncode == ExitCode.CRASH
-    assert "does not exist" in result.stderr and "Traceback" in result.stderr
+    assert "Traceback" in result.stderr and "crashed (exit 4)" in result.stderr

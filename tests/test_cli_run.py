@@ -1,4 +1,8 @@
-"""`sfp-label run` end to end on this machine with a local Ray: the README's demo, partial failure, re-runs."""
+"""`sfp-label run` end to end on this machine with a local Ray: the README's demo job, then show, export, re-run.
+
+Partial failure (exit 3) and re-runs that label only new images are covered on a
+two-node cluster in test_cluster_multinode.py.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,6 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -84,40 +87,3 @@ def test_demo_job_as_the_readme_runs_it(tmp_path):
     assert again.returncode == ExitCode.OK, again.stderr[-3000:]
     assert f"0 ok, 0 error, {len(DEMO_PHOTOS)} skipped" in again.stdout
     assert len(rows(output)) == len(DEMO_PHOTOS)
-
-
-def write_images(folder: Path, names: list[str], seed: int = 0) -> None:
-    rng = np.random.default_rng(seed)
-    for name in names:
-        (folder / name).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(folder / name)
-
-
-def test_partial_failure_then_a_scheduled_rerun_labels_only_new_images(tmp_path):
-    images, output = tmp_path / "images", tmp_path / "out"
-    write_images(images, ["a.png", "b.jpg", "nested/c.png"])
-    (images / "broken.jpg").write_bytes(b"this is not a jpeg")
-    job = tmp_path / "scheduled.yaml"
-    job.write_text(
-        textwrap.dedent(f"""
-        input: {{uri: {images}}}
-        output: {{uri: {output}}}
-        model: {{arch: SFP-Tiny-16, weights: random}}
-        vocabulary: {{classes: [[background, sky], [cat], [dog]]}}
-        sfp: {{short_side: 32, long_side: 64, slide_crop: 32, slide_stride: 16}}
-        resources: {{actors: 1, batch_size: 2}}
-        """)
-    )
-    first = cli("run", str(job), "--no-progress")
-    assert first.returncode == ExitCode.PARTIAL, first.stderr[-3000:]
-    assert "3 ok, 1 error" in first.stdout
-    broken = [row for row in rows(output) if row["image_id"] == "broken.jpg"]
-    assert broken[0]["status"] == "error" and broken[0]["error"]
-
-    write_images(images, ["d.png", "nested/e.jpg"], seed=1)  # new arrivals before the next scheduled run
-    second = cli("run", str(job), "--no-progress")
-    assert second.returncode == ExitCode.OK, second.stderr[-3000:]
-    assert "2 ok, 0 error, 4 skipped" in second.stdout
-    ids = [row["image_id"] for row in rows(output)]
-    assert sorted(ids) == ["a.png", "b.jpg", "broken.jpg", "d.png", "nested/c.png", "nested/e.jpg"]  # each once
-    assert len(list((output / "_runs").glob("*.json"))) == 2

@@ -93,8 +93,9 @@ def ray_head() -> Iterator[RayHead]:
         yield RayHead(dashboard, env)
     finally:
         process.send_signal(signal.SIGTERM)  # `ray start --block` stops what it started ...
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while session_pids(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.5)
         for pid in session_pids(process.pid):  # ... and whatever is left of this session goes too
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
