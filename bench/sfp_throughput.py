@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sfp_core import SFPConfig, SFPSegmenter, Vocabulary
+from sfp_core import SFPConfig, SFPSegmenter
 from sfp_core.vit import ViTRunner
 from sfp_core.windows import normalise, window_grid
 
@@ -158,7 +158,9 @@ def main() -> None:
     print(f"{args.arch}, {len(images)} images {args.height}x{args.width} = {windows} windows, {report['device']}")
     print("| mode | s | windows/s | images/s | x floor |\n|---|---|---|---|---|")
     for row in rows:
-        print(f"| {row['mode']} | {row['seconds']} | {row['windows_per_s']} | {row['images_per_s']} | {row['vs_floor']} |")
+        print(
+            f"| {row['mode']} | {row['seconds']} | {row['windows_per_s']} | {row['images_per_s']} | {row['vs_floor']} |"
+        )
     print(f"batch-1 latency median {report['batch1_latency_s']['median']} s; peak RSS {report['peak_rss_mib']} MiB")
 
 
