@@ -1,13 +1,16 @@
 """Catch jobs that only work on one machine before they run on many.
 
-On a multi-node Ray cluster, actors and read tasks run on any node, and a
-local path means a different disk on each: output would be scattered over
-the nodes' disks, and input or weights missing where they are not copied.
+On a multi-node Ray cluster, actors and tasks run on any node, and a local
+path means a different disk on each: output would be scattered over the
+nodes' disks, and input or weights missing where they were not copied. An
+autoscaling cluster may have one node now and more once the actors ask for
+GPUs, so a head node that cannot host the actors counts as "many" too.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import JobError
@@ -18,44 +21,65 @@ from .storage import is_local
 SUBMITTED_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
-def ray_node_count() -> int:
-    """Alive nodes of the Ray cluster the run will use; 1 when `label` will start a local Ray itself."""
+@dataclass(frozen=True)
+class ClusterView:
+    """What the driver sees of the Ray cluster it joined."""
+
+    nodes: int
+    driver_cpus: float
+    driver_gpus: float
+
+
+def cluster_view() -> ClusterView | None:
+    """The cluster in RAY_ADDRESS (or the one already joined); None when `label` starts a local Ray itself."""
     import ray
 
     if not ray.is_initialized():
         if not os.environ.get("RAY_ADDRESS"):
-            return 1
+            return None
         ray.init(address=os.environ["RAY_ADDRESS"])  # the cluster `label` would join anyway
-    return sum(1 for node in ray.nodes() if node.get("Alive"))
+    alive = [node for node in ray.nodes() if node.get("Alive")]
+    here = ray.get_runtime_context().get_node_id()
+    resources = next((node["Resources"] for node in alive if node["NodeID"] == here), {})
+    return ClusterView(len(alive), resources.get("CPU", 0.0), resources.get("GPU", 0.0))
 
 
-def check_placement(job: Job, nodes: int) -> list[str]:
-    """Raise JobError for a local output on a multi-node cluster; return warnings for the milder cases."""
+def _runs_elsewhere(job: Job, view: ClusterView | None) -> str | None:
+    """Why the run's actors and tasks may land on other machines, or None if they stay on this one."""
+    if view is None:
+        return None
+    if view.nodes > 1:
+        return f"the Ray cluster has {view.nodes} nodes"
+    if view.driver_cpus < 1 or view.driver_gpus < job.spec.resources.gpus_per_actor:
+        return (
+            f"this node (CPU {view.driver_cpus:g}, GPU {view.driver_gpus:g}) cannot host the SFP actors, "
+            "so they will run on nodes the autoscaler adds"
+        )
+    return None
+
+
+def check_placement(job: Job, view: ClusterView | None) -> list[str]:
+    """Raise JobError for a local output the run's nodes would not share; return warnings for milder cases."""
     spec = job.spec
     warnings = []
-    if nodes > 1:
+    elsewhere = _runs_elsewhere(job, view)
+    if elsewhere:
         if is_local(spec.output.uri) and not spec.output.shared_filesystem:
-            raise JobError(
-                job.source,
-                [
-                    (
-                        "output.uri",
-                        f"{spec.output.uri!r} is a local path but the Ray cluster has {nodes} nodes: each node would "
-                        "write its part to its own disk. Use object storage (s3://, gs://, ...), or set "
-                        "output.shared_filesystem: true if the path is a filesystem mounted on every node (NFS)",
-                    )
-                ],
+            problem = (
+                f"{spec.output.uri!r} is a local path but {elsewhere}: each node would write its part to its own "
+                "disk. Use object storage (s3://, gs://, ...), or set output.shared_filesystem: true if the path "
+                "is a filesystem mounted at the same place on every node (NFS)"
             )
+            raise JobError(job.source, [("output.uri", problem)])
         if is_local(spec.input.uri):
             warnings.append(
-                f"input.uri {spec.input.uri!r} is a local path on a {nodes}-node cluster: read tasks run on any "
-                "node, so every node must see the images at that path"
+                f"input.uri {spec.input.uri!r} is a local path and {elsewhere}: read tasks run on any node, "
+                "so every node must see the images at that path"
             )
-        weights = Path(spec.model.weights).expanduser()
-        if weights.is_file():
+        if Path(spec.model.weights).expanduser().is_file():
             warnings.append(
-                f"model.weights {spec.model.weights!r} is a local file on a {nodes}-node cluster: actors on other "
-                "nodes load it from their own disk; an s3:// or gs:// URI is fetched and cached on each node"
+                f"model.weights {spec.model.weights!r} is a local file and {elsewhere}: actors load it from their "
+                "own node's disk; an s3:// or gs:// URI is fetched and cached on each node"
             )
     relative = not Path(spec.output.uri.removeprefix("file://")).is_absolute()
     if os.environ.get(SUBMITTED_JOB_ENV) and is_local(spec.output.uri) and relative:

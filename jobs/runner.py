@@ -8,7 +8,7 @@ from pipeline import RunSummary, label
 
 from .exitcodes import ExitCode
 from .lease import OutputLease
-from .placement import check_placement, ray_node_count
+from .placement import check_placement, cluster_view
 from .resolve import Job
 from .storage import fsspec_options, open_location
 
@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 def run_job(job: Job, *, progress: bool = True) -> RunSummary:
     """Label the job's input into its output; raises JobError, LeaseHeld, or whatever the run hit."""
-    for warning in check_placement(job, ray_node_count()):
+    for warning in check_placement(job, cluster_view()):
         log.warning(warning)
     spec = job.spec
     fs, root = open_location(spec.output.uri, spec.output.storage_options)
