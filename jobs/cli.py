@@ -142,7 +142,8 @@ def _output(args: argparse.Namespace) -> ExitCode:
     from .storage import StorageOptionError, parse_storage_options
 
     try:
-        output = Output.open(args.output, parse_storage_options(args.storage_options))
+        options = parse_storage_options(args.storage_options)
+        output = Output.open(args.output, options)
         if args.command == "show":
             from .show import render, summarize
 
@@ -150,7 +151,7 @@ def _output(args: argparse.Namespace) -> ExitCode:
             print(json.dumps(summary, indent=2) if args.json else render(summary))
             return ExitCode.OK
         if args.command in ("eval", "render"):
-            return _eval_or_render(args, output, parse_storage_options(args.storage_options))
+            return _eval_or_render(args, output, options)
         from .export import export
 
         report = export(
