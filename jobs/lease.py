@@ -201,6 +201,9 @@ class OutputLease:
         self._stop.set()
         if self._heartbeat is not None:
             self._heartbeat.join()
-        self.release()
+        try:
+            self.release()
+        except Exception:  # never hide the run's own outcome; an unreleased lease just expires after `ttl`
+            log.warning("could not release the lease on %s; it expires by itself", self.directory, exc_info=True)
         if self.lost and exc_info[0] is None:
             raise LeaseLost(f"the lease on {self.directory} expired and was taken over during this run")
