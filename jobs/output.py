@@ -27,11 +27,9 @@ class OutputError(ValueError):
 
 @dataclass
 class Output:
-    """A labelling output: its filesystem, root path and the manifests of the runs that wrote it."""
+    """A labelling output: its committed rows and the manifests of the runs that wrote it."""
 
     uri: str
-    fs: AbstractFileSystem
-    root: str
     dataset: ds.Dataset
     manifests: list[dict[str, Any]]
 
@@ -44,7 +42,7 @@ class Output:
             dataset = ds.dataset(root, filesystem=fs, format="parquet")
         except (pa.ArrowInvalid, OSError) as exc:
             raise OutputError(f"{uri}: not a Parquet output ({exc})") from exc
-        return cls(uri, fs, root, dataset, _manifests(fs, root))
+        return cls(uri, dataset, _manifests(fs, root))
 
     def batches(self, columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
         """Stream the committed rows, only the given columns (masks stay unread unless asked for)."""
