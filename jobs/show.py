@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 from .output import Output
 
-COLUMNS = ("image_id", "status", "error", "class_ids", "class_pixels", "mean_confidence", "outlier_count", "outliers")
+COLUMNS = ("status", "error", "class_ids", "class_pixels", "mean_confidence", "outlier_count", "outliers")
 TOP = 5
 
 
@@ -55,7 +55,8 @@ class _Tally:
         if len(scores):
             self.score_sum += float(pc.sum(scores).as_py())
             self.score_n += len(scores)
-            self.score_max = max(self.score_max or -np.inf, float(pc.max(scores).as_py()))
+            batch_max = float(pc.max(scores).as_py())
+            self.score_max = batch_max if self.score_max is None else max(self.score_max, batch_max)
         rows = pc.struct_field(outliers, "row").to_numpy(zero_copy_only=False).astype(np.int64)
         cols = pc.struct_field(outliers, "col").to_numpy(zero_copy_only=False).astype(np.int64)
         if len(rows):
