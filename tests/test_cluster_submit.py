@@ -105,7 +105,10 @@ def ray_head() -> Iterator[RayHead]:
 
 def test_ray_job_submit_runs_a_job_file(ray_head, tmp_path):
     output = tmp_path / "labels"
-    runtime_env = {"excludes": [".git", "tests/data", "out"], "env_vars": {"SFP_CACHE_DIR": str(tmp_path / "cache")}}
+    runtime_env = {
+        "excludes": [".git", "tests", "bench", "out"],  # upload only what the job needs
+        "env_vars": {"SFP_CACHE_DIR": str(tmp_path / "cache")},
+    }
     command = [
         str(BIN / "ray"), "job", "submit", "--address", ray_head.dashboard, "--working-dir", ".",
         "--runtime-env-json", json.dumps(runtime_env), "--entrypoint-resources", '{"driver": 1}', "--",
