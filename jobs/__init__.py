@@ -1,0 +1,1 @@
+"""jobs: job files and their schema, the sfp-label CLI, benchmark vocabularies, scheduling helpers."""
