@@ -138,7 +138,7 @@ def test_pamr_option_runs_at_the_original_size(tiny_backbone, golden_vocab, rng)
 
 
 def test_uint16_masks_above_255_classes(tiny_backbone, rng):
-    vocab = Vocabulary([[f"thing {i}"] for i in range(300)])
+    vocab = Vocabulary([[f"thing {i}"] for i in range(256)])  # one above what uint8 masks allow
     segmenter = SFPSegmenter(tiny_backbone, vocab, SFPConfig(short_side=64, long_side=64))
     result = segmenter.segment([_image(rng, 32, 48)])[0]
     assert result.mask.dtype == np.uint16 and result.mask.shape == (32, 48)
