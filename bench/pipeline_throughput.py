@@ -5,7 +5,9 @@ For each architecture (random weights) the same generated corpus of JPEGs
   bare      load the model, then decode (Pillow, EXIF) + `segment` in batches, one process;
   pipeline  `label()` into a local folder (listing, decode/resize tasks, one actor,
             PNG encoding, Parquet), Ray already started (cluster start-up is not counted).
-Both end-to-end times include loading the model once. The driver's peak RSS
+Both end-to-end times include loading the model once; with --repeats the
+two sides alternate and each side's best run counts (the machine may be
+shared). The driver's peak RSS
 during `label()` is sampled for a corpus and one 10x larger (cheap settings,
 since only the driver's memory is measured there).
 
@@ -145,8 +147,16 @@ def child_pipeline(spec: dict) -> dict:
     }
 
 
-def run_child(kind: str, spec: dict, timeout: float) -> dict:
+def wait_for_quiet(max_load: float | None, patience: float = 600) -> None:
+    """On a shared machine, start a measurement only once the 1-minute load average is below `max_load`."""
+    deadline = time.monotonic() + patience
+    while max_load is not None and os.getloadavg()[0] > max_load and time.monotonic() < deadline:
+        time.sleep(5)
+
+
+def run_child(kind: str, spec: dict, timeout: float, max_load: float | None = None) -> dict:
     """One measurement in a fresh interpreter, so neither side inherits the other's threads, caches or memory."""
+    wait_for_quiet(max_load)
     load = os.getloadavg()[0]
     proc = subprocess.run(
         [sys.executable, __file__, "--child", kind, json.dumps(spec)],
@@ -171,6 +181,8 @@ def main() -> None:
     parser.add_argument("--vitb-images", type=int, default=60, help="corpus size for ViT-B-16 (slow on CPU)")
     parser.add_argument("--memory-sizes", nargs="*", type=int, default=[500, 5000])
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=1, help="alternating runs per side; the best of each counts")
+    parser.add_argument("--max-load", type=float, default=None, help="wait for the 1-min load average to drop below")
     parser.add_argument("--workdir", default=None, help="where corpora and outputs go (default: a temp dir)")
     parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
@@ -201,9 +213,14 @@ def main() -> None:
             for path in sorted((workdir / "corpus").glob("*.jpg"))[:count]:
                 os.symlink(path, subset / path.name)
         spec = {"arch": arch, "corpus": str(subset), "images": count, "batch_size": args.batch_size, "config": {}}
-        bare = run_child("bare", spec, args.timeout)
-        piped = run_child("pipeline", {**spec, "output": str(workdir / f"out-{arch}")}, args.timeout)
-        row = {"arch": arch, "images": count, "bare": bare, "pipeline": piped}
+        samples: dict[str, list[dict]] = {"bare": [], "pipeline": []}
+        for _ in range(args.repeats):  # alternating, so load from other processes hits both sides alike
+            samples["bare"].append(run_child("bare", spec, args.timeout, args.max_load))
+            out = {**spec, "output": str(workdir / "out")}
+            samples["pipeline"].append(run_child("pipeline", out, args.timeout, args.max_load))
+        bare = max(samples["bare"], key=lambda r: r["ips"])
+        piped = max(samples["pipeline"], key=lambda r: r["ips"])
+        row = {"arch": arch, "images": count, "bare": bare, "pipeline": piped, "samples": samples}
         row["ratio_e2e"] = piped["ips"] / bare["ips"]
         row["ratio_vs_bare_steady"] = piped["ips"] / (bare["images"] / bare["run_s"])
         results["throughput"].append(row)
@@ -222,7 +239,7 @@ def main() -> None:
             "config": MEMORY_CONFIG,
             "output": str(workdir / f"out-memory-{count}"),
         }
-        results["driver_memory"].append({"images": count, **run_child("pipeline", spec, args.timeout)})
+        results["driver_memory"].append({"images": count, **run_child("pipeline", spec, args.timeout, args.max_load)})
         print(json.dumps(results["driver_memory"][-1]), file=sys.stderr, flush=True)
 
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -64,10 +64,10 @@ def list_tree(seed: pa.Table, *, location: Location, extensions: tuple[str, ...]
         yield from _image_rows(root, [e for e in top if e.type == pafs.FileType.File], extensions)
         subdirs = [e.path for e in top if e.type == pafs.FileType.Directory and not _hidden(e.base_name)]
         with ThreadPoolExecutor(max_workers=LIST_THREADS) as pool:
-            futures = [pool.submit(fs.get_file_info, pafs.FileSelector(d, recursive=True)) for d in subdirs]
-            for future in as_completed(futures):
-                files = [e for e in future.result() if e.type == pafs.FileType.File]
-                yield from _image_rows(root, files, extensions)
+            pending = {pool.submit(fs.get_file_info, pafs.FileSelector(d, recursive=True)) for d in subdirs}
+            for future in as_completed(pending):
+                pending.discard(future)  # drop each directory's listing once its rows are out
+                yield from _image_rows(root, [e for e in future.result() if e.type == pafs.FileType.File], extensions)
 
 
 def _image_rows(root: str, files: list[pafs.FileInfo], extensions: tuple[str, ...]) -> Iterator[pa.Table]:
