@@ -123,16 +123,19 @@ def _run(args: argparse.Namespace) -> ExitCode:
         print(f"# {job.describe()}\n# dry run: nothing was labelled")
         print(yaml.safe_dump(job.effective(), sort_keys=False, default_flow_style=None), end="")
         return ExitCode.OK
-    from pipeline.lock import OutputLocked
+    from pipeline import LeaseHeld, StorageUnavailable
 
-    from .lease import LeaseHeld
     from .runner import exit_code, run_job
 
     try:
         summary = run_job(job, progress=not args.no_progress)
-    except (LeaseHeld, OutputLocked) as exc:
+    except LeaseHeld as exc:
         print(f"sfp-label: busy: {exc}", file=sys.stderr)
         return ExitCode.BUSY
+    except StorageUnavailable as exc:
+        print(f"sfp-label: {exc}", file=sys.stderr)
+        print("sfp-label: the run failed (exit 4); run it again once the storage is back: it resumes", file=sys.stderr)
+        return ExitCode.CRASH
     print(summary.one_line())
     return exit_code(summary)
 

@@ -10,23 +10,14 @@ import fsspec
 import yaml
 from fsspec import AbstractFileSystem
 
+from pipeline.storage import fsspec_options
+
 from .credentials import ADVICE, find_secrets
 
 
 def is_local(uri: str) -> bool:
     """A plain path or file:// URI: storage that only the machine running the code can see."""
     return urlparse(uri).scheme in ("", "file")
-
-
-def fsspec_options(uri: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
-    """Job files name options the pipeline's way (`region`); s3fs wants the region in `client_kwargs`."""
-    options = dict(storage_options or {})
-    if urlparse(uri).scheme in ("s3", "s3a"):
-        region = options.pop("region_name", None)
-        region = options.pop("region", region)
-        if region:
-            options["client_kwargs"] = {**options.get("client_kwargs", {}), "region_name": region}
-    return options
 
 
 def open_location(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[AbstractFileSystem, str]:

@@ -7,15 +7,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .lock import OutputLocked
+from .lease import LeaseHeld, LeaseLost
 from .manifest import RunSummary
 from .resume import read_image_ids
+from .retry import StorageUnavailable
 from .schema import SCHEMA
 
 if TYPE_CHECKING:
     from .run import label
 
-__all__ = ["SCHEMA", "OutputLocked", "RunSummary", "label", "read_image_ids"]
+__all__ = ["SCHEMA", "LeaseHeld", "LeaseLost", "RunSummary", "StorageUnavailable", "label", "read_image_ids"]
 
 
 def __getattr__(name: str) -> Any:

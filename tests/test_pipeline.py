@@ -228,6 +228,10 @@ def test_killed_driver_then_incremental_rerun_is_exactly_once(ray_local, image_c
     process.wait(timeout=30)
     committed = read_image_ids(str(output))
     assert 0 < len(committed) < len(names), "the driver was not killed midway"
+    (dead_run,) = [p.name for p in (output / "_staging").iterdir()]
+    half = output / "_staging" / dead_run / "part-half-written.parquet"
+    half.write_bytes(next(output.glob("part-*.parquet")).read_bytes()[:300])  # as if cut off mid-write
+    assert sorted(read_output(output).column("image_id").to_pylist()) == sorted(committed)  # staged files: not data
 
     summary = label(str(source), str(output), weights="random", mode="incremental", **RUN)
     ids = read_output(output).column("image_id").to_pylist()
@@ -235,6 +239,7 @@ def test_killed_driver_then_incremental_rerun_is_exactly_once(ray_local, image_c
     assert summary.skipped == len(committed) and summary.ok == len(names) - len(committed)
     statuses = sorted(json.loads(p.read_text())["status"] for p in (output / "_runs").glob("*.json"))
     assert statuses == ["running", "succeeded"]  # the killed run never finished its manifest
+    assert not (output / "_staging").exists()  # the dead run's staged files, the partial one too, are gone
 
 
 def test_empty_and_missing_inputs(ray_local, tmp_path):

@@ -1,12 +1,10 @@
-"""pipeline stages one at a time, without Ray: decode, encode, storage and credentials, reading, the lock."""
+"""pipeline stages one at a time, without Ray: decode, encode, storage and credentials, reading.
+
+The output lease has its own file, test_pipeline_lease.py."""
 
 from __future__ import annotations
 
 import io
-import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pyarrow as pa
@@ -15,8 +13,8 @@ from PIL import Image, ImageOps
 
 from pipeline.decode import ImageError, decode_batch, decode_image
 from pipeline.encode import encode_png
-from pipeline.lock import LOCK, OutputLocked, output_lock
 from pipeline.manifest import RunSummary
+from pipeline.retry import Retry
 from pipeline.source import normalise_extensions, read_files
 from pipeline.storage import REDACTED, Location, Redactor, public_options, public_uri
 
@@ -186,46 +184,18 @@ def test_extensions_are_normalised():
 def test_a_file_that_cannot_be_read_becomes_an_error_row(tmp_path):
     (tmp_path / "here.jpg").write_bytes(b"abc")
     location = Location.parse(str(tmp_path))
-    listing = pa.table({"image_id": ["here.jpg", "gone.jpg"], "path": [f"{tmp_path}/here.jpg", f"{tmp_path}/gone.jpg"]})
-    out = read_files(listing, location=location, redact=Redactor())
+    listing = pa.table(
+        {
+            "image_id": ["here.jpg", "gone.jpg"],
+            "path": [f"{tmp_path}/here.jpg", f"{tmp_path}/gone.jpg"],
+            "error": pa.nulls(2, pa.string()),
+        }
+    )
+    out = read_files(listing, location=location, redact=Redactor(), retry=Retry())
     assert out.column("data").to_pylist() == [b"abc", None]
     assert out.column("error").to_pylist()[0] is None
     assert out.column("error").to_pylist()[1].startswith("unreadable: FileNotFoundError")
     assert out.column("uri").to_pylist() == [f"file://{tmp_path}/here.jpg", f"file://{tmp_path}/gone.jpg"]
-
-
-# the output lock ---------------------------------------------------------------------------------------
-
-
-def _write_lock(path, pid: int, age: float = 0.0, host: str | None = None) -> None:
-    import socket
-    import time
-
-    record = {"run_id": "other", "host": host or socket.gethostname(), "pid": pid, "heartbeat": time.time() - age}
-    path.write_text(json.dumps(record))
-
-
-def test_lock_refuses_a_live_run_and_is_released(tmp_path):
-    output = Location.parse(str(tmp_path))
-    _write_lock(tmp_path / LOCK, os.getpid())
-    with pytest.raises(OutputLocked, match="being written by run other"), output_lock(output, "mine"):
-        pass
-    (tmp_path / LOCK).unlink()
-    with output_lock(output, "mine"):
-        assert json.loads((tmp_path / LOCK).read_text())["run_id"] == "mine"
-    assert not (tmp_path / LOCK).exists()
-
-
-def test_lock_of_a_dead_process_or_a_silent_host_is_taken_over(tmp_path):
-    output = Location.parse(str(tmp_path))
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    _write_lock(tmp_path / LOCK, dead.pid)
-    with output_lock(output, "mine"):
-        pass
-    _write_lock(tmp_path / LOCK, 1, age=3600, host="elsewhere")
-    with output_lock(output, "mine"):
-        pass
 
 
 def test_run_summary_one_line():

@@ -1,0 +1,105 @@
+"""Retrying storage calls through outages: bounded exponential backoff, then a clear failure.
+
+Object stores fail transiently (a restarting server, throttling, a dropped
+connection); a run should ride out a few seconds of that rather than die,
+and must never turn an outage into error rows (an incremental re-run skips
+rows already written, so a wrong error row would stick). Only transient
+errors are retried; a missing file or a refused permission is the file's
+own problem and is raised at once. When the storage stays away for longer
+than the policy's patience, `StorageUnavailable` names what was being done
+and where, and the run fails; the next incremental run picks up from there.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Substrings of the messages of pyarrow (AWS SDK, GCS client) and fsspec errors that mean "try again".
+_TRANSIENT_MARKERS = (
+    "NETWORK_CONNECTION",
+    "SLOW_DOWN",
+    "SERVICE_UNAVAILABLE",
+    "INTERNAL_FAILURE",
+    "REQUEST_TIMEOUT",
+    "HTTP status 500",
+    "HTTP status 502",
+    "HTTP status 503",
+    "HTTP status 504",
+    "curlCode",
+    "Could not connect",
+    "Connection refused",
+    "Connection reset",
+    "timed out",
+    "UNAVAILABLE",
+    "DEADLINE_EXCEEDED",
+)
+# botocore / aiohttp exception classes (matched by name: neither library is a dependency of this module).
+_TRANSIENT_TYPES = {
+    "EndpointConnectionError",
+    "ConnectTimeoutError",
+    "ReadTimeoutError",
+    "ConnectionClosedError",
+    "ClientConnectorError",
+    "ServerDisconnectedError",
+}
+_PER_FILE = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+class StorageUnavailable(RuntimeError):
+    """Storage kept failing transiently for longer than the retry policy's patience."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether `exc` looks like an outage or throttling (worth retrying) rather than a problem of one file."""
+    if isinstance(exc, _PER_FILE):
+        return False
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    if _TRANSIENT_TYPES & {cls.__name__ for cls in type(exc).__mro__}:
+        return True
+    return isinstance(exc, OSError) and any(marker in str(exc) for marker in _TRANSIENT_MARKERS)
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Retry transient storage errors with exponential backoff (with jitter) for up to `patience_s` seconds."""
+
+    patience_s: float = 120.0
+    first_delay_s: float = 0.5
+    max_delay_s: float = 10.0
+
+    def call(self, what: str, fn: Callable[[], T]) -> T:
+        """`fn()`, retried while it fails transiently; `what` (e.g. "reading s3://b/k") names it in the error."""
+        started = time.monotonic()
+        delay = self.first_delay_s
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return fn()
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                waited = time.monotonic() - started
+                if waited >= self.patience_s:
+                    raise StorageUnavailable(
+                        f"storage unavailable while {what}: gave up after {attempt} attempts over {waited:.0f}s "
+                        f"(patience {self.patience_s:g}s); last error: {type(exc).__name__}: {exc}"
+                    ) from None
+                pause = min(delay * random.uniform(0.5, 1.0), self.patience_s - waited)
+                log.warning("%s failed (attempt %d), retrying in %.1fs: %s", what, attempt, pause, exc)
+                time.sleep(max(pause, 0.0))
+                delay = min(delay * 2, self.max_delay_s)
+
+    def brief(self, cap_s: float = 5.0) -> Retry:
+        """The same policy with at most `cap_s` of patience: for clean-up after a run has already failed."""
+        return Retry(min(self.patience_s, cap_s), self.first_delay_s, self.max_delay_s)
