@@ -52,17 +52,19 @@ def flaky_s3(tmp_path_factory, s3_credentials):
         s3_credentials["AWS_SECRET_ACCESS_KEY"],
     )
     server.start()
-    for bucket in ("sfp-in", "sfp-out"):
-        server.create_bucket(bucket)
-    fs = server.filesystem()
-    gen = np.random.default_rng(3)
-    for name in IMAGES:
-        buffer = io.BytesIO()
-        Image.fromarray(gen.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(buffer, "JPEG")
-        with fs.open_output_stream(f"sfp-in/corpus/{name}") as stream:
-            stream.write(buffer.getvalue())
-    yield server
-    server.stop()
+    try:
+        for bucket in ("sfp-in", "sfp-out"):
+            server.create_bucket(bucket)
+        fs = server.filesystem()
+        gen = np.random.default_rng(3)
+        for name in IMAGES:
+            buffer = io.BytesIO()
+            Image.fromarray(gen.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(buffer, "JPEG")
+            with fs.open_output_stream(f"sfp-in/corpus/{name}") as stream:
+                stream.write(buffer.getvalue())
+        yield server
+    finally:  # stopped by its pid even when the setup above failed
+        server.stop()
 
 
 @pytest.fixture
