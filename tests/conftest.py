@@ -67,12 +67,7 @@ def s3_server(tmp_path_factory, s3_credentials):
     """SeaweedFS on 127.0.0.1 (free ports) that accepts only the session's credentials."""
     from s3server import SeaweedS3
 
-    server = SeaweedS3(
-        tmp_path_factory.mktemp("seaweedfs"),
-        s3_credentials["AWS_ACCESS_KEY_ID"],
-        s3_credentials["AWS_SECRET_ACCESS_KEY"],
-    )
-    server.start()
+    server = SeaweedS3.started(tmp_path_factory.mktemp("seaweedfs"), s3_credentials)
     yield server
     server.stop()
 

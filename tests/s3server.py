@@ -79,6 +79,13 @@ class SeaweedS3:
         """What a pipeline caller passes: where the server is, never the credentials."""
         return {"endpoint_url": self.endpoint_url, "region": REGION}
 
+    @classmethod
+    def started(cls, workdir: Path, credentials: dict[str, str]) -> SeaweedS3:
+        """A running server that accepts only the given AWS_* credentials."""
+        server = cls(workdir, credentials["AWS_ACCESS_KEY_ID"], credentials["AWS_SECRET_ACCESS_KEY"])
+        server.start()
+        return server
+
     def start(self, timeout: float = 90.0) -> None:
         config = self.workdir / "s3.json"
         identity = {

@@ -46,12 +46,7 @@ def flaky_s3(tmp_path_factory, s3_credentials):
     """This module's own SeaweedFS, so stopping it never disturbs other tests' server."""
     from s3server import SeaweedS3
 
-    server = SeaweedS3(
-        tmp_path_factory.mktemp("flaky-seaweedfs"),
-        s3_credentials["AWS_ACCESS_KEY_ID"],
-        s3_credentials["AWS_SECRET_ACCESS_KEY"],
-    )
-    server.start()
+    server = SeaweedS3.started(tmp_path_factory.mktemp("flaky-seaweedfs"), s3_credentials)
     try:
         for bucket in ("sfp-in", "sfp-out"):
             server.create_bucket(bucket)
