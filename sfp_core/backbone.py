@@ -11,9 +11,12 @@ from typing import Any
 import open_clip
 import torch
 
-from .weights import WeightsError, fetch_uri, is_uri, read_checkpoint, resolve_tag, verify_sha256
+from .weights import WeightsError, fetch_uri, is_uri, read_checkpoint, regular_file, resolve_tag, verify_sha256
 
 log = logging.getLogger(__name__)
+
+# A weights string ending like this names a file, even when the file is missing (not an open_clip tag).
+_FILE_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 
 # Small architectures for tests and smoke runs (e.g. SFP-Tiny-16: 12 blocks, width 128).
 open_clip.add_model_config(Path(__file__).parent / "model_configs")
@@ -119,11 +122,9 @@ def load_backbone(
     if is_uri(weights):
         path = fetch_uri(weights, storage_options, cache)
         tag_quick = None
-    elif Path(weights).expanduser().is_file():
-        path = Path(weights).expanduser()
+    elif Path(weights).expanduser().exists() or "/" in weights or weights.endswith(_FILE_SUFFIXES):
+        path = regular_file(Path(weights).expanduser(), weights)
         tag_quick = None
-    elif "/" in weights or weights.endswith((".pt", ".pth", ".bin", ".safetensors")):
-        raise WeightsError(f"weights file {weights} does not exist")
     else:
         path, tag_quick = resolve_tag(arch, weights, cache)
     verify_sha256(path, sha256, weights)

@@ -2,7 +2,8 @@
 
 Every checkpoint is read without executing code: safetensors, `torch.load`
 with `weights_only=True`, or (OpenAI's original release format) the tensors
-of a TorchScript archive.
+of a TorchScript archive, unpickled as data (`torchscript.py`), never with
+`torch.jit.load`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import hashlib
 import logging
 import os
 import socket
+import stat
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -19,11 +21,16 @@ from typing import Any
 
 import torch
 
+from .torchscript import ArchiveError, is_torchscript_archive, read_archive_tensors
+
 log = logging.getLogger(__name__)
 
 _OPENAI_METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")
-# Buffers that TorchScript archives store but open_clip rebuilds itself (the text causal mask).
+# Tensors that TorchScript archives store but open_clip rebuilds itself (the text causal mask).
 _DERIVED_BUFFERS = ("attn_mask",)
+# How a checkpoint file starts: a zip (torch.save since 1.6, TorchScript), or a pickle (legacy torch.save).
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_MAGIC = b"\x80"
 _HUB_HOST = ("huggingface.co", 443)
 
 
@@ -49,7 +56,25 @@ def is_uri(weights: str) -> bool:
     return "://" in weights
 
 
+def regular_file(path: str | Path, label: str | None = None) -> Path:
+    """`path` if it is a regular file; a clear WeightsError for a directory, device, FIFO or nothing."""
+    path = Path(path)
+    label = label or str(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise WeightsError(f"weights file {label} does not exist") from None
+    except OSError as exc:
+        raise WeightsError(f"weights file {label} cannot be read: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(mode):
+        raise WeightsError(f"weights {label} is a directory, not a checkpoint file")
+    if not stat.S_ISREG(mode):
+        raise WeightsError(f"weights {label} is not a regular file (a device, FIFO or socket)")
+    return path
+
+
 def sha256_of(path: str | Path) -> str:
+    path = regular_file(path)
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -102,18 +127,18 @@ def fetch_uri(uri: str, storage_options: dict[str, Any] | None, cache_dir: Path 
     return target
 
 
-def _is_torchscript_archive(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any(name.split("/", 1)[-1].startswith("code/") for name in archive.namelist())
+def _is_safetensors(head: bytes) -> bool:
+    """safetensors: a little-endian u64 header length, then a JSON object."""
+    return len(head) > 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") > 1
 
 
 def _unwrap(obj: Any, source: str) -> dict[str, torch.Tensor]:
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not obj:
+    if not isinstance(obj, dict):
         raise WeightsError(f"checkpoint {source} holds no state dict (got {type(obj).__name__})")
+    if not obj:
+        raise WeightsError(f"checkpoint {source} holds no named tensors")
     tensors = {}
     for key, value in obj.items():
         if not isinstance(value, torch.Tensor):
@@ -124,41 +149,66 @@ def _unwrap(obj: Any, source: str) -> dict[str, torch.Tensor]:
 
 def read_checkpoint(path: str | Path) -> Checkpoint:
     """Read a CLIP checkpoint file without running any code from it."""
-    path = Path(path)
+    path = regular_file(path)
     source = str(path)
-    if not path.is_file():
-        raise WeightsError(f"weights file {source} does not exist")
-    if path.suffix == ".safetensors":
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    from_archive = False
+    if _is_safetensors(head):
         from safetensors.torch import load_file
 
         raw: Any = load_file(str(path), device="cpu")
-        from_jit = False
-    elif _is_torchscript_archive(path):
-        # OpenAI's released .pt files are TorchScript archives; only their tensors are used.
-        raw = torch.jit.load(str(path), map_location="cpu").state_dict()
-        from_jit = True
+    elif head.startswith(_ZIP_MAGIC) and _holds_torchscript(path):
+        # OpenAI's released .pt files are TorchScript archives; only their tensors are read, as data.
+        raw = _archive_tensors(path)
+        from_archive = True
+    elif head.startswith((_ZIP_MAGIC, _PICKLE_MAGIC)):
+        raw = _torch_load(path)
     else:
-        try:
-            raw = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as exc:
-            if "weights_only" in str(exc) or "Unpickling" in type(exc).__name__ or "GLOBAL" in str(exc):
-                raise WeightsError(
-                    f"refusing to load weights {source}: it is a pickle that needs code to unpickle "
-                    "(unsafe). Save a plain state dict (torch.save(model.state_dict())) or safetensors."
-                ) from exc
-            raise WeightsError(f"cannot read weights {source}: {type(exc).__name__}: {exc}") from exc
-        from_jit = False
+        raise WeightsError(
+            f"weights {source} is not a checkpoint (neither safetensors, a torch.save file nor a TorchScript archive)"
+        )
     has_metadata = isinstance(raw, dict) and any(k in raw for k in _OPENAI_METADATA_KEYS)
     state = _unwrap(raw, source)
-    for key in _OPENAI_METADATA_KEYS + _DERIVED_BUFFERS:
+    for key in _OPENAI_METADATA_KEYS:
         state.pop(key, None)
+    for key in [k for k in state if k.rsplit(".", 1)[-1] in _DERIVED_BUFFERS]:
+        del state[key]
     conv = state.get("visual.conv1.weight")
     openai_origin = (
-        from_jit
+        from_archive
         or has_metadata
         or (conv is not None and conv.dtype == torch.float16 and not (isinstance(raw, dict) and "state_dict" in raw))
     )
     return Checkpoint(state_dict=state, source=source, openai_origin=openai_origin)
+
+
+def _holds_torchscript(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return is_torchscript_archive(archive)
+    except zipfile.BadZipFile as exc:
+        raise WeightsError(f"weights {path} is not a checkpoint (a damaged zip: {exc})") from exc
+
+
+def _archive_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return read_archive_tensors(archive)
+    except ArchiveError as exc:
+        raise WeightsError(f"refusing to load weights {path} (TorchScript archive): {exc}") from exc
+
+
+def _torch_load(path: Path) -> Any:
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+            raise WeightsError(
+                f"refusing to load weights {path}: it is a pickle that needs code to unpickle "
+                "(unsafe). Save a plain state dict (torch.save(model.state_dict())) or safetensors."
+            ) from exc
+        raise WeightsError(f"cannot read weights {path}: {type(exc).__name__}: {exc}") from exc
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:

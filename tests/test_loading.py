@@ -103,6 +103,75 @@ def test_torchscript_archive(tmp_path, reference_model, probe_inputs):
     _assert_same_model(backbone.model, reference_model, probe_inputs)
 
 
+class _FileWritingSetstate(torch.nn.Module):
+    """A scripted module whose `__setstate__` creates a file (torch.from_file with shared=True) when loaded."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.ones(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.w
+
+    @torch.jit.export
+    def __getstate__(self) -> tuple[torch.Tensor, bool]:
+        return (self.w, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[torch.Tensor, bool]) -> None:
+        created = torch.from_file("/tmp/sfp-test-torchscript-setstate-ran", shared=True, size=2)
+        self.w = state[0] + created * 0
+        self.training = state[1]
+
+
+MARKER_PATH = "/tmp/sfp-test-torchscript-setstate-ran"  # TorchScript takes only a literal path
+
+
+def test_torchscript_archive_code_never_runs(tmp_path):
+    """Loading must neither compile nor run the archive's TorchScript (here a __setstate__ that writes a file)."""
+    path = tmp_path / "evil-jit.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.script(_FileWritingSetstate()), str(path))
+    if os.path.exists(MARKER_PATH):
+        os.remove(MARKER_PATH)
+    with pytest.raises(WeightsError):
+        load_backbone(TINY_ARCH, str(path))
+    assert not os.path.exists(MARKER_PATH), "the archive's __setstate__ ran while loading weights"
+    # The payload is live: TorchScript's own loader runs it and the file appears.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.load(str(path))
+    assert os.path.exists(MARKER_PATH)
+    os.remove(MARKER_PATH)
+
+
+def test_torchscript_archive_naming_python_code_is_refused(tmp_path):
+    path = tmp_path / "evil-global.pt"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("evil-global/code/__torch__.py", "")
+        archive.writestr("evil-global/data.pkl", pickle.dumps({"visual.proj": _Payload()}, protocol=2))
+    with pytest.raises(WeightsError, match=r"refusing to load .*posix.system|refusing to load .*os.system"):
+        load_backbone(TINY_ARCH, str(path))
+
+
+def test_not_a_checkpoint_directory_or_device(tmp_path):
+    noise = tmp_path / "noise.pt"
+    noise.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(WeightsError, match="not a checkpoint"):
+        load_backbone(TINY_ARCH, str(noise))
+    folder = tmp_path / "weights.pt"
+    folder.mkdir()
+    with pytest.raises(WeightsError, match="is a directory"):
+        load_backbone(TINY_ARCH, str(folder))
+    start = time.monotonic()
+    with pytest.raises(WeightsError, match="not a regular file"):
+        load_backbone(TINY_ARCH, "/dev/zero", sha256="0" * 64)
+    with pytest.raises(WeightsError, match="not a regular file"):
+        sha256_of("/dev/zero")
+    assert time.monotonic() - start < 5
+
+
 class _Payload:
     def __reduce__(self):
         return (os.system, ("echo pwned > /dev/null",))
