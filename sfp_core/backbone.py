@@ -11,15 +11,23 @@ from typing import Any
 import open_clip
 import torch
 
+from .errors import UserError
 from .weights import WeightsError, fetch_uri, is_uri, read_checkpoint, regular_file, resolve_tag, verify_sha256
 
 log = logging.getLogger(__name__)
 
+
+class UnknownArchitecture(UserError, ValueError):
+    """The architecture is not an open_clip ViT that SFP can run."""
+
+
 # A weights string ending like this names a file, even when the file is missing (not an open_clip tag).
 _FILE_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 
-# Small architectures for tests and smoke runs (e.g. SFP-Tiny-16: 12 blocks, width 128).
-open_clip.add_model_config(Path(__file__).parent / "model_configs")
+# Small architectures for tests and smoke runs (e.g. SFP-Tiny-16: 12 blocks, width 128), registered with
+# open_clip on first use rather than at import, so importing sfp_core changes nothing in open_clip.
+_OWN_CONFIGS = Path(__file__).parent / "model_configs"
+_registered = False
 
 
 @dataclass
@@ -40,9 +48,20 @@ class _DropRandomInitNotice(logging.Filter):
         return "initialized randomly" not in record.getMessage()
 
 
+def model_config(arch: str) -> dict[str, Any]:
+    """open_clip's configuration of `arch` (ours included); UnknownArchitecture if there is none."""
+    global _registered
+    if not _registered:
+        open_clip.add_model_config(_OWN_CONFIGS)
+        _registered = True
+    cfg = open_clip.get_model_config(arch)
+    if not cfg:
+        raise UnknownArchitecture(f"unknown open_clip architecture {arch!r} (see open_clip.list_models())")
+    return cfg
+
+
 def _create(arch: str, quick_gelu: bool) -> torch.nn.Module:
-    if arch not in open_clip.list_models():
-        raise ValueError(f"unknown open_clip architecture {arch!r} (see open_clip.list_models())")
+    model_config(arch)
     root = logging.getLogger()
     notice_filter = _DropRandomInitNotice()
     root.addFilter(notice_filter)
@@ -54,18 +73,20 @@ def _create(arch: str, quick_gelu: bool) -> torch.nn.Module:
 
 def arch_patch_size(arch: str) -> int:
     """Patch size of an open_clip ViT architecture, without building it."""
-    cfg = open_clip.get_model_config(arch)
-    if not cfg:
-        raise ValueError(f"unknown open_clip architecture {arch!r} (see open_clip.list_models())")
-    patch = cfg.get("vision_cfg", {}).get("patch_size")
+    patch = model_config(arch).get("vision_cfg", {}).get("patch_size")
     if patch is None:
-        raise ValueError(f"open_clip architecture {arch!r} is not a ViT (no patch_size)")
+        raise UnknownArchitecture(f"open_clip architecture {arch!r} is not a ViT (no patch_size)")
     return int(patch)
 
 
+def arch_depth(arch: str) -> int:
+    """Number of transformer blocks in the image tower of an open_clip ViT, without building it."""
+    arch_patch_size(arch)  # a ViT at all
+    return int(model_config(arch)["vision_cfg"]["layers"])
+
+
 def _arch_quick_gelu(arch: str) -> bool:
-    cfg = open_clip.get_model_config(arch) or {}
-    return bool(cfg.get("quick_gelu", False))
+    return bool(model_config(arch).get("quick_gelu", False))
 
 
 def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str, arch: str) -> None:

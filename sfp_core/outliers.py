@@ -1,4 +1,7 @@
-"""SOF: outlier detection (SOM, L2, LOF) and mean interpolation, batched per window.
+"""SOF, the selective outlier filter: detection (SOM, L2, LOF) and purification by mean interpolation.
+
+`detect_outliers` picks the configured detector, `purify_sequence` replaces
+the outlier tokens of a sequence (docs/algorithm.md, "SOF").
 
 Every function takes a batch of windows and keeps each window's statistics to
 itself: nothing is pooled across the batch dimension.
@@ -8,6 +11,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from .config import SFPConfig
 
 _LOF_EPS = 1e-12
 
@@ -89,3 +94,24 @@ def mean_interpolate(patch_tokens: torch.Tensor, outliers: torch.Tensor, grid: t
     mean = neighbour_sum(fmap * keep) / count.clamp_min(1.0)
     purified = torch.where(is_outlier, mean, fmap)
     return purified.reshape(batch, channels, n).transpose(1, 2)
+
+
+def detect_outliers(
+    config: SFPConfig, tokens: torch.Tensor, attn_probs: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SOF detection at one block: `tokens` is that block's output, `attn_probs` its attention."""
+    patches = tokens[:, 1:]
+    method = config.outlier_method
+    if method == "som":
+        return detect_som(attn_probs, config.res_cls * config.res_scale, config.top_k)
+    if method == "l2":
+        return detect_l2(patches, config.top_k)
+    if method == "lof":
+        return detect_lof(patches, config.lof_neighbors, config.lof_contamination)
+    empty = torch.zeros(patches.shape[:2], dtype=torch.bool, device=tokens.device)
+    return empty, torch.zeros(patches.shape[:2], device=tokens.device)
+
+
+def purify_sequence(tokens: torch.Tensor, outliers: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Mean-interpolate the outlier patch tokens of a full `B x N x C` sequence."""
+    return torch.cat([tokens[:, :1], mean_interpolate(tokens[:, 1:], outliers, grid)], dim=1)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import SFPConfig
-from .outliers import detect_l2, detect_lof, detect_som, mean_interpolate
+from .outliers import detect_outliers, mean_interpolate, purify_sequence
 from .vit import ViTRunner
 
 _AGG_EPS = 1e-6
@@ -27,27 +27,6 @@ class WindowBatchOutput:
     outliers: torch.Tensor  # B x n bool
     scores: torch.Tensor  # B x n float
     grid: tuple[int, int]
-
-
-def detect_outliers(
-    config: SFPConfig, tokens: torch.Tensor, attn_probs: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """SOF detection at one block: `tokens` is that block's output, `attn_probs` its attention."""
-    patches = tokens[:, 1:]
-    method = config.outlier_method
-    if method == "som":
-        return detect_som(attn_probs, config.res_cls * config.res_scale, config.top_k)
-    if method == "l2":
-        return detect_l2(patches, config.top_k)
-    if method == "lof":
-        return detect_lof(patches, config.lof_neighbors, config.lof_contamination)
-    empty = torch.zeros(patches.shape[:2], dtype=torch.bool, device=tokens.device)
-    return empty, torch.zeros(patches.shape[:2], device=tokens.device)
-
-
-def purify_sequence(tokens: torch.Tensor, outliers: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """Mean-interpolate the outlier patch tokens of a full `B x N x C` sequence."""
-    return torch.cat([tokens[:, :1], mean_interpolate(tokens[:, 1:], outliers, grid)], dim=1)
 
 
 def similarity_map(patch_tokens: torch.Tensor, tau: float) -> torch.Tensor:
@@ -103,7 +82,7 @@ def hierarchical_integrator(
     return aggregate(tokens, s_post)
 
 
-def sfp_windows(
+def sfp_forward(
     runner: ViTRunner, pixels: torch.Tensor, text_features: torch.Tensor, config: SFPConfig
 ) -> WindowBatchOutput:
     """Run SFP on `B x 3 x H x W` normalised windows of one size; `config` has resolved blocks."""

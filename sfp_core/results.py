@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -38,9 +38,6 @@ class ImageStats:
     score_max: float | None
     class_pixels: dict[int, int]
     mean_confidence: float
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import warnings
 from collections import defaultdict
@@ -20,14 +19,12 @@ from .backbone import Backbone, load_backbone
 from .config import SFPConfig
 from .pamr import pamr
 from .postprocess import apply_area_threshold, below_threshold_to_background, class_probabilities
-from .purifier import sfp_windows
+from .purifier import sfp_forward
 from .results import ImageStats, Outlier, SegmentResult
 from .text import TextEmbeddingCache
 from .vit import ViTRunner
 from .vocabulary import Vocabulary
-from .windows import normalise, prepare_image, window_coverage, window_grid
-
-log = logging.getLogger(__name__)
+from .windows import ImagePreparation, normalise, window_coverage, window_grid
 
 _AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -57,6 +54,7 @@ class SFPSegmenter:
         self.model = backbone.model.to(self.device).eval()
         self.runner = ViTRunner(self.model.visual)
         self.config = (config or SFPConfig()).with_block_defaults(self.runner.depth)
+        self.preparation = ImagePreparation(self.config.short_side, self.config.long_side, self.runner.patch)
         self._autocast_dtype = None
         if self.config.precision != "fp32":
             if self.device.type == "cuda":
@@ -106,15 +104,11 @@ class SFPSegmenter:
         self.text_features = self._text.features(vocabulary.query_names)
         self._query_to_class = torch.tensor(vocabulary.query_to_class, device=self.device)
 
-    @property
-    def patch_size(self) -> int:
-        return self.runner.patch
-
     # images ---------------------------------------------------------------------
     def prepare(self, image: np.ndarray) -> np.ndarray:
         """Resize an `H x W x 3` uint8 RGB image to SFP's working size (CPU-side step)."""
         _check_image(image, "image")
-        return prepare_image(image, self.config.short_side, self.config.long_side, self.runner.patch)
+        return self.preparation.apply(image)
 
     @torch.inference_mode()
     def segment(
@@ -126,16 +120,20 @@ class SFPSegmenter:
     ) -> list[SegmentResult]:
         """Segment `H x W x 3` uint8 RGB images of any sizes.
 
-        With `original_sizes`, the images are taken as already `prepare`d and
-        the masks come out at the given sizes instead.
+        With `original_sizes`, the images are taken as already `prepare`d (each
+        must have the working size this segmenter's preparation gives its
+        original size) and the masks come out at the original sizes.
         """
         if original_sizes is not None and len(original_sizes) != len(images):
             raise ValueError(f"{len(original_sizes)} original_sizes for {len(images)} images")
         pixels, sizes = [], []
         for i, image in enumerate(images):
             _check_image(image, f"image {i}")
-            working = image if original_sizes is not None else self.prepare(image)
-            sizes.append(tuple(original_sizes[i]) if original_sizes is not None else image.shape[:2])
+            if original_sizes is None:
+                working, size = self.prepare(image), image.shape[:2]
+            else:
+                working, size = image, self._check_prepared(image, tuple(original_sizes[i]), i)
+            sizes.append(size)
             pixels.append(normalise(torch.from_numpy(np.ascontiguousarray(working)).to(self.device)))
         if not pixels:
             return []
@@ -146,7 +144,7 @@ class SFPSegmenter:
         for chunk in self._chunks(windows):
             batch = torch.stack([pixels[w.image][:, w.y1 : w.y2, w.x1 : w.x2] for w in chunk])
             with self._autocast():
-                out = sfp_windows(self.runner, batch, self.text_features, self.config)
+                out = sfp_forward(self.runner, batch, self.text_features, self.config)
             for j, w in enumerate(chunk):
                 sums[w.image][:, w.y1 : w.y2, w.x1 : w.x2] += out.logits[j]
             detections.append((chunk, out.outliers, out.scores, out.grid))
@@ -159,6 +157,15 @@ class SFPSegmenter:
         return results
 
     # internals ------------------------------------------------------------------
+    def _check_prepared(self, image: np.ndarray, original: tuple[int, int], index: int) -> tuple[int, int]:
+        expected = self.preparation.size_for(*original)
+        if image.shape[:2] != expected:
+            raise ValueError(
+                f"image {index} is {image.shape[0]} x {image.shape[1]}, but this segmenter prepares an image of "
+                f"{original[0]} x {original[1]} to {expected[0]} x {expected[1]}: it was resized with other settings"
+            )
+        return original
+
     def _autocast(self):
         if self._autocast_dtype is None:
             return contextlib.nullcontext()
@@ -230,7 +237,6 @@ class SFPSegmenter:
             confidence, labels = probs.max(dim=0)
         labels = below_threshold_to_background(labels, confidence, self.config.prob_thd)
         areas = torch.bincount(labels.flatten(), minlength=self.vocabulary.num_classes).cpu().numpy()
-        mask_dtype = np.uint8 if self.vocabulary.num_classes <= 255 else np.uint16
         scores = [o.score for o in outliers]
         stats = ImageStats(
             windows=windows,
@@ -244,7 +250,7 @@ class SFPSegmenter:
             mean_confidence=float(confidence.mean()),
         )
         return SegmentResult(
-            mask=labels.cpu().numpy().astype(mask_dtype),
+            mask=labels.cpu().numpy().astype(self.vocabulary.mask_dtype),
             confidence=confidence.float().cpu().numpy(),
             outliers=outliers,
             stats=stats,

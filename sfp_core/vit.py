@@ -1,4 +1,10 @@
-"""The CLIP ViT run block by block: fused attention everywhere, weights only on request."""
+"""The CLIP ViT run block by block: fused attention everywhere, weights only on request.
+
+The runner re-implements the attention of open_clip's `ResidualAttentionBlock`
+from its `nn.MultiheadAttention` weights (pyproject pins open_clip below the
+release that replaces it). A block with parts the runner does not compute is
+refused rather than silently run without them.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +26,8 @@ class ViTRunner:
             )
         if not all(isinstance(b, ResidualAttentionBlock) for b in blocks):
             raise ValueError("SFP supports open_clip ResidualAttentionBlock towers only")
+        for index, block in enumerate(blocks):
+            _check_block(block, index)
         if getattr(visual, "pool_type", "tok") != "tok" or visual.positional_embedding.ndim != 2:
             raise ValueError("SFP needs a class-token ViT with a learned 2D positional embedding")
         self.visual = visual
@@ -91,3 +99,25 @@ class ViTRunner:
         x = x + block.ls_1(out)
         x = x + block.ls_2(block.mlp(block.ln_2(x)))
         return x, probs
+
+
+# Block parts that change the attention and that `run_block` does not compute.
+_UNSUPPORTED_BLOCK_PARTS = ("ln_1_kv", "ln_attn", "q_norm", "k_norm", "head_scale", "scale_attn", "attn_mask")
+
+
+def _check_block(block: nn.Module, index: int) -> None:
+    """Refuse a block whose attention holds more than a plain fused q/k/v projection and an output projection."""
+    attn = block.attn
+    problems = [f"has {name}" for name in _UNSUPPORTED_BLOCK_PARTS if getattr(block, name, None) is not None]
+    if not isinstance(attn, nn.MultiheadAttention):
+        problems.append(f"its attention is {type(attn).__name__}, not nn.MultiheadAttention")
+    else:
+        if attn.in_proj_weight is None:
+            problems.append("its attention has separate q/k/v projections")
+        if attn.bias_k is not None or attn.bias_v is not None or attn.add_zero_attn:
+            problems.append("its attention adds key/value biases or a zero-attention slot")
+    if problems:
+        raise ValueError(
+            f"SFP cannot run block {index} of this image tower: {'; '.join(problems)} "
+            "(supported: open_clip ResidualAttentionBlock with nn.MultiheadAttention, open_clip < 4)"
+        )

@@ -6,6 +6,24 @@ import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
+from .errors import UserError
+
+# Masks store a class index per pixel: 8-bit up to 255 classes, so that value 255 stays free as the ignore
+# label of VOC / mmsegmentation exports; 16-bit above that (docs/design.md, "Rows").
+_UINT8_CLASSES = 255
+_UINT16_CLASSES = 65536
+
+
+def mask_dtype_for(num_classes: int) -> type[np.unsignedinteger]:
+    """The integer type of masks over `num_classes` classes: uint8 up to 255 classes, else uint16."""
+    return np.uint8 if num_classes <= _UINT8_CLASSES else np.uint16
+
+
+class VocabularyError(UserError, ValueError):
+    """The classes cannot be used: empty, a blank name, too many, or an unreadable file."""
+
 
 class Vocabulary:
     """Classes in index order; class `i` is predicted when any of its names wins.
@@ -20,10 +38,12 @@ class Vocabulary:
             names = [entry] if isinstance(entry, str) else list(entry)
             names = [str(n).strip() for n in names]
             if not names or any(not n for n in names):
-                raise ValueError(f"vocabulary class {index} has an empty name: {entry!r}")
+                raise VocabularyError(f"vocabulary class {index} has an empty name: {entry!r}")
             parsed.append(tuple(names))
         if not parsed:
-            raise ValueError("vocabulary is empty: it needs at least one class")
+            raise VocabularyError("vocabulary is empty: it needs at least one class")
+        if len(parsed) > _UINT16_CLASSES:
+            raise VocabularyError(f"vocabulary has {len(parsed)} classes; masks hold at most {_UINT16_CLASSES}")
         self.classes: tuple[tuple[str, ...], ...] = tuple(parsed)
 
     @classmethod
@@ -35,15 +55,20 @@ class Vocabulary:
         try:
             text = Path(path).read_text(encoding="utf-8")
         except OSError as exc:
-            raise ValueError(f"cannot read vocabulary file {path}: {exc.strerror or exc}") from exc
+            raise VocabularyError(f"cannot read vocabulary file {path}: {exc.strerror or exc}") from exc
         try:
             return cls.from_lines(text.splitlines())
         except ValueError as exc:
-            raise ValueError(f"vocabulary file {path}: {exc}") from exc
+            raise VocabularyError(f"vocabulary file {path}: {exc}") from exc
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def mask_dtype(self) -> type[np.unsignedinteger]:
+        """The integer type of this vocabulary's masks (`mask_dtype_for`)."""
+        return mask_dtype_for(self.num_classes)
 
     @property
     def class_names(self) -> list[str]:

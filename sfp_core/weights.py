@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from .errors import RetryableError, UserError
 from .torchscript import ArchiveError, is_torchscript_archive, read_archive_tensors
 
 log = logging.getLogger(__name__)
@@ -34,8 +35,12 @@ _PICKLE_MAGIC = b"\x80"
 _HUB_HOST = ("huggingface.co", 443)
 
 
-class WeightsError(RuntimeError):
-    """The requested weights cannot be found, fetched, verified or read safely."""
+class WeightsError(UserError):
+    """The requested weights cannot be found, verified or read safely."""
+
+
+class WeightsUnavailable(WeightsError, RetryableError):
+    """The weights' storage or the model hub failed to answer; a later try may succeed."""
 
 
 @dataclass(frozen=True)
@@ -43,7 +48,6 @@ class Checkpoint:
     """A state dict plus what we learnt about where it came from."""
 
     state_dict: dict[str, torch.Tensor]
-    source: str
     openai_origin: bool
 
 
@@ -107,7 +111,7 @@ def fetch_uri(uri: str, storage_options: dict[str, Any] | None, cache_dir: Path 
     except FileNotFoundError as exc:
         raise WeightsError(f"weights {uri} not found") from exc
     except Exception as exc:
-        raise WeightsError(f"cannot reach weights {uri}: {type(exc).__name__}: {exc}") from exc
+        raise WeightsUnavailable(f"cannot reach weights {uri}: {type(exc).__name__}: {exc}") from exc
     key = hashlib.sha256(f"{uri}\n{fingerprint}".encode()).hexdigest()[:24]
     target_dir = (cache_dir or default_cache_dir()) / "weights" / key
     target = target_dir / os.path.basename(path.rstrip("/"))
@@ -123,7 +127,7 @@ def fetch_uri(uri: str, storage_options: dict[str, Any] | None, cache_dir: Path 
         os.replace(tmp, target)
     except Exception as exc:
         Path(tmp).unlink(missing_ok=True)
-        raise WeightsError(f"cannot download weights {uri}: {type(exc).__name__}: {exc}") from exc
+        raise WeightsUnavailable(f"cannot download weights {uri}: {type(exc).__name__}: {exc}") from exc
     return target
 
 
@@ -180,7 +184,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         or has_metadata
         or (conv is not None and conv.dtype == torch.float16 and not (isinstance(raw, dict) and "state_dict" in raw))
     )
-    return Checkpoint(state_dict=state, source=source, openai_origin=openai_origin)
+    return Checkpoint(state_dict=state, openai_origin=openai_origin)
 
 
 def _holds_torchscript(path: Path) -> bool:
@@ -244,7 +248,7 @@ def resolve_tag(arch: str, tag: str, cache_dir: Path | None) -> tuple[Path, bool
     try:
         return Path(download_pretrained(cfg, cache_dir=str(cache_dir) if cache_dir else None)), quick_gelu
     except Exception as exc:
-        raise WeightsError(f"cannot download weights {arch}/{tag}: {type(exc).__name__}: {exc}") from exc
+        raise WeightsUnavailable(f"cannot download weights {arch}/{tag}: {type(exc).__name__}: {exc}") from exc
 
 
 def _cached_hub_file(cfg: dict[str, Any], cache_dir: Path | None) -> Path | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -31,9 +33,31 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return resized.round_().clamp_(0, 255).to(torch.uint8)[0].permute(1, 2, 0).contiguous().numpy()
 
 
+@dataclass(frozen=True)
+class ImagePreparation:
+    """How a whole image is resized before the sliding windows (docs/algorithm.md section 1).
+
+    A pipeline resizes on CPU workers and hands the segmenter prepared
+    pixels plus the original size; the segmenter checks each prepared image
+    against its own preparation, so the two can never silently differ.
+    """
+
+    short_side: int
+    long_side: int
+    min_side: int  # the patch size: no side shrinks below one patch
+
+    def size_for(self, height: int, width: int) -> tuple[int, int]:
+        """The working size of an image of `height x width` pixels."""
+        return working_size(height, width, self.short_side, self.long_side, self.min_side)
+
+    def apply(self, image: np.ndarray) -> np.ndarray:
+        """Resize an `H x W x 3` uint8 image to its working size."""
+        return resize_image(image, self.size_for(*image.shape[:2]))
+
+
 def prepare_image(image: np.ndarray, short_side: int, long_side: int, min_side: int) -> np.ndarray:
     """Resize an `H x W x 3` uint8 image to SFP's working size (a CPU-side step)."""
-    return resize_image(image, working_size(*image.shape[:2], short_side, long_side, min_side))
+    return ImagePreparation(short_side, long_side, min_side).apply(image)
 
 
 def normalise(image: torch.Tensor) -> torch.Tensor:

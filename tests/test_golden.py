@@ -29,11 +29,12 @@ def test_probabilities_and_outliers_match_reference(case_number, golden_index, t
         slide_stride=golden_index["slide_stride"],
         prob_thd=golden_index["prob_thd"],
         area_thd=golden_index["area_thd"],
+        short_side=min(case["height"], case["width"]),  # the inputs are at their working size already
     )
     segmenter = SFPSegmenter(tiny_backbone, golden_vocab, config)
     image = np.load(GOLDEN / case["image"])
     assert image.shape[:2] == (case["height"], case["width"])
-    # The golden inputs are already at their segmentation size: no resize.
+    # The golden inputs are already at their segmentation size: the preparation leaves them as they are.
     result = segmenter.segment([image], original_sizes=[image.shape[:2]], return_probs=True)[0]
 
     expected_probs = np.load(GOLDEN / case["probs"])

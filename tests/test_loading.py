@@ -17,7 +17,7 @@ from conftest import GOLDEN, TINY_ARCH
 from safetensors.torch import save_file
 
 from sfp_core import SFPSegmenter, WeightsError
-from sfp_core.backbone import load_backbone
+from sfp_core.backbone import load_backbone, model_config
 from sfp_core.weights import sha256_of
 
 
@@ -63,7 +63,7 @@ def test_openai_format_state_dict(tmp_path, reference_model, probe_inputs):
 
 
 def test_openai_weights_get_quickgelu_even_on_a_gelu_arch(tmp_path):
-    config = dict(open_clip.get_model_config(TINY_ARCH))
+    config = dict(model_config(TINY_ARCH))
     config["quick_gelu"] = False
     config_dir = tmp_path / "configs"
     config_dir.mkdir()

@@ -70,16 +70,16 @@ def test_batch_independence(tiny_backbone, golden_vocab, method, rng):
 
 def test_none_skips_purification_while_all_else_runs(tiny_backbone, golden_vocab, rng):
     image = _image(rng, 224, 300)
-    none = SFPSegmenter(tiny_backbone, golden_vocab, SFPConfig(outlier_method="none"))
+    none = SFPSegmenter(tiny_backbone, golden_vocab, SFPConfig(outlier_method="none", short_side=224))
     result = none.segment([image], original_sizes=[image.shape[:2]], return_probs=True)[0]
     assert result.outliers == [] and result.stats.outlier_count == 0
     assert np.isfinite(result.probs).all()
     # An independent way to get an empty outlier set: SOM with gamma = res_cls * res_scale = 0.
-    no_candidates = SFPSegmenter(tiny_backbone, golden_vocab, SFPConfig(res_scale=0.0))
+    no_candidates = SFPSegmenter(tiny_backbone, golden_vocab, SFPConfig(res_scale=0.0, short_side=224))
     same = no_candidates.segment([image], original_sizes=[image.shape[:2]], return_probs=True)[0]
     assert same.outliers == []
     np.testing.assert_allclose(result.probs, same.probs, atol=1e-6)
-    som = SFPSegmenter(tiny_backbone, golden_vocab, SFPConfig())
+    som = SFPSegmenter(tiny_backbone, golden_vocab, SFPConfig(short_side=224))
     purified = som.segment([image], original_sizes=[image.shape[:2]], return_probs=True)[0]
     assert purified.outliers and np.abs(purified.probs - result.probs).max() > 1e-4
 
@@ -114,13 +114,13 @@ def test_thresholds_are_applied(tiny_backbone, golden_vocab, rng):
 def test_purify_stream_and_detect_block_knobs(tiny_backbone, golden_vocab, rng):
     image = _image(rng, 224, 224)
     sizes = [image.shape[:2]]
-    base = SFPSegmenter(tiny_backbone, golden_vocab, SFPConfig()).segment(
+    base = SFPSegmenter(tiny_backbone, golden_vocab, SFPConfig(short_side=224)).segment(
         [image], original_sizes=sizes, return_probs=True
     )[0]
-    stream = SFPSegmenter(tiny_backbone, golden_vocab, SFPConfig(purify_stream=(6, 8)))
+    stream = SFPSegmenter(tiny_backbone, golden_vocab, SFPConfig(purify_stream=(6, 8), short_side=224))
     streamed = stream.segment([image], original_sizes=sizes, return_probs=True)[0]
     assert np.abs(streamed.probs - base.probs).max() > 1e-6
-    earlier = SFPSegmenter(tiny_backbone, golden_vocab, SFPConfig(detect_block=6, outlier_method="l2"))
+    earlier = SFPSegmenter(tiny_backbone, golden_vocab, SFPConfig(detect_block=6, outlier_method="l2", short_side=224))
     assert earlier.config.detect_block == 6
     assert len(earlier.segment([image], original_sizes=sizes)[0].outliers) == 10
     with pytest.raises(ValueError, match="ref_block=12 is out of range"):
@@ -165,3 +165,36 @@ def test_switching_vocabulary_reuses_cached_names(tiny_backbone, golden_vocab):
 def test_bad_images_are_refused_with_a_clear_error(tiny_segmenter, bad, message):
     with pytest.raises(ValueError, match=message):
         tiny_segmenter.segment([bad])
+
+
+def test_prepared_images_must_match_the_segmenters_preparation(tiny_backbone, golden_vocab, rng):
+    """A caller that resized elsewhere (the pipeline's decode stage) cannot hand over pixels of another size."""
+    segmenter = SFPSegmenter(tiny_backbone, golden_vocab, SFPConfig(short_side=336))
+    original = _image(rng, 224, 300)
+    prepared = segmenter.prepare(original)
+    assert prepared.shape[:2] == segmenter.preparation.size_for(224, 300) == (336, 450)
+    direct = segmenter.segment([original])[0]
+    handed_over = segmenter.segment([prepared], original_sizes=[(224, 300)])[0]
+    np.testing.assert_array_equal(direct.mask, handed_over.mask)
+    with pytest.raises(ValueError, match="resized with other settings"):
+        segmenter.segment([original], original_sizes=[(224, 300)])
+
+
+def test_blocks_with_parts_the_runner_does_not_compute_are_refused():
+    import copy
+
+    from torch import nn
+
+    from sfp_core.backbone import load_backbone
+    from sfp_core.vit import ViTRunner
+
+    visual = copy.deepcopy(load_backbone("SFP-Tiny-16", "random").model.visual)
+    ViTRunner(visual)  # the plain tower runs
+    visual.transformer.resblocks[3].q_norm = nn.LayerNorm(64)
+    with pytest.raises(ValueError, match="block 3 .*has q_norm"):
+        ViTRunner(visual)
+    del visual.transformer.resblocks[3].q_norm
+    attn = visual.transformer.resblocks[5].attn
+    visual.transformer.resblocks[5].attn = nn.MultiheadAttention(attn.embed_dim, attn.num_heads, add_bias_kv=True)
+    with pytest.raises(ValueError, match="block 5 .*key/value biases"):
+        ViTRunner(visual)
