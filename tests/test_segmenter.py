@@ -191,10 +191,10 @@ def test_blocks_with_parts_the_runner_does_not_compute_are_refused():
     visual = copy.deepcopy(load_backbone("SFP-Tiny-16", "random").model.visual)
     ViTRunner(visual)  # the plain tower runs
     visual.transformer.resblocks[3].q_norm = nn.LayerNorm(64)
-    with pytest.raises(ValueError, match="block 3 .*has q_norm"):
+    with pytest.raises(ValueError, match=r"block 3 .*has q_norm"):
         ViTRunner(visual)
     del visual.transformer.resblocks[3].q_norm
     attn = visual.transformer.resblocks[5].attn
     visual.transformer.resblocks[5].attn = nn.MultiheadAttention(attn.embed_dim, attn.num_heads, add_bias_kv=True)
-    with pytest.raises(ValueError, match="block 5 .*key/value biases"):
+    with pytest.raises(ValueError, match=r"block 5 .*key/value biases"):
         ViTRunner(visual)
