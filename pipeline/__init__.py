@@ -1,29 +1,98 @@
-"""pipeline: Ray Data from object storage to Parquet, every image exactly once (DESIGN.md).
+"""pipeline: Ray Data from object storage to Parquet, every image exactly once (docs/design.md).
 
-source -> decode -> predict -> encode -> sink, wired by `run.label`.
+source -> decode -> predict -> encode -> sink, wired by `label(LabelRequest)`.
+This module is the package's public face: `jobs` and Python users import
+from here, never from the modules behind it.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .lease import LeaseHeld, LeaseLost
-from .manifest import RunSummary
+from .errors import (
+    InputNotFound,
+    LeaseHeld,
+    LeaseLost,
+    OutputNotADirectory,
+    StorageAccessDenied,
+    StorageUnavailable,
+)
+from .output import (
+    DEFAULT_MAX_PIXELS,
+    SCHEMA,
+    STATUS_ERROR,
+    STATUS_OK,
+    LabelledOutput,
+    Manifest,
+    OutputError,
+    RunSummary,
+    mask_dtype_for,
+)
+from .request import (
+    DEFAULT_EXTENSIONS,
+    MODES,
+    Destination,
+    LabelRequest,
+    ModelChoice,
+    RequestSection,
+    Resources,
+    Source,
+)
 from .resume import read_image_ids
-from .retry import StorageUnavailable
-from .schema import SCHEMA
+from .secrets import ADVICE as SECRET_ADVICE
+from .secrets import find_secrets, is_secret_name
+from .storage import fsspec_options, is_local_uri
 
 if TYPE_CHECKING:
-    from .run import label
+    from .decode import ImageError, decode_image
+    from .labelling import ensure_ray, label
 
-__all__ = ["SCHEMA", "LeaseHeld", "LeaseLost", "RunSummary", "StorageUnavailable", "label", "read_image_ids"]
+__all__ = [
+    "DEFAULT_EXTENSIONS",
+    "DEFAULT_MAX_PIXELS",
+    "MODES",
+    "SCHEMA",
+    "SECRET_ADVICE",
+    "STATUS_ERROR",
+    "STATUS_OK",
+    "Destination",
+    "ImageError",
+    "InputNotFound",
+    "LabelRequest",
+    "LabelledOutput",
+    "LeaseHeld",
+    "LeaseLost",
+    "Manifest",
+    "ModelChoice",
+    "OutputError",
+    "OutputNotADirectory",
+    "RequestSection",
+    "Resources",
+    "RunSummary",
+    "Source",
+    "StorageAccessDenied",
+    "StorageUnavailable",
+    "decode_image",
+    "ensure_ray",
+    "find_secrets",
+    "fsspec_options",
+    "is_local_uri",
+    "is_secret_name",
+    "label",
+    "mask_dtype_for",
+    "read_image_ids",
+]
 
 
 def __getattr__(name: str) -> Any:
-    """`label` (and with it torch and open_clip) loads on first use: Ray workers that only list,
-    read or write files import this package too, and start seconds sooner without them."""
-    if name == "label":
-        from .run import label
+    """`label` (and with it torch and open_clip) loads on first use: Ray workers that only list, read or
+    write files import this package too, and start seconds sooner without them."""
+    if name in ("label", "ensure_ray"):
+        from . import labelling
 
-        return label
+        return getattr(labelling, name)
+    if name in ("decode_image", "ImageError"):
+        from . import decode
+
+        return getattr(decode, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

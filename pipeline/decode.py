@@ -1,8 +1,9 @@
 """Decode (CPU tasks): bytes -> EXIF-oriented RGB pixels at SFP's working size, or an error row saying why.
 
 Runs before the model so a GPU never waits on Pillow; what leaves this stage
-is numpy pixels already resized by `sfp_core.prepare_image`, plus the
-original size the mask must come back at.
+is numpy pixels already resized by the run's `ImagePreparation` (the one the
+predictor's segmenter checks them against), plus the original size the mask
+must come back at.
 """
 
 from __future__ import annotations
@@ -15,10 +16,8 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from sfp_core import prepare_image
-
 from .arrays import tensor_column
-from .schema import (
+from .output import (
     REASON_CORRUPT,
     REASON_NOT_AN_IMAGE,
     REASON_TOO_LARGE,
@@ -28,12 +27,13 @@ from .schema import (
     STATUS_ERROR,
     STATUS_OK,
 )
+from .settings import DecodeSettings
 
 _EMPTY = np.zeros((0, 0, 3), np.uint8)
 
 
 class ImageError(Exception):
-    """An input that yields no pixels: `reason` is one of schema.REASON_*, `size` is (W, H) when known."""
+    """An input that yields no pixels: `reason` is one of output.REASON_*, `size` is (W, H) when known."""
 
     def __init__(self, reason: str, detail: str, size: tuple[int, int] | None = None):
         super().__init__(f"{reason}: {detail}")
@@ -102,7 +102,7 @@ def to_rgb(image: Image.Image) -> np.ndarray:
         raise ImageError(REASON_UNSUPPORTED, f"mode {mode}: {exc}", image.size) from None
 
 
-def decode_batch(batch: pa.Table, *, short_side: int, long_side: int, patch: int, max_pixels: int) -> pa.Table:
+def decode_batch(batch: pa.Table, *, settings: DecodeSettings) -> pa.Table:
     """`(image_id, uri, data, error)` -> `(image_id, uri, status, error, width, height, image)`.
 
     `image` is the working-size pixels (empty for error rows); `width, height`
@@ -117,9 +117,9 @@ def decode_batch(batch: pa.Table, *, short_side: int, long_side: int, patch: int
         size = None
         if errors[i] is None:
             try:
-                pixels = decode_image(data, max_pixels)
+                pixels = decode_image(data, settings.max_pixels)
                 size = pixels.shape[1], pixels.shape[0]
-                images.append(prepare_image(pixels, short_side, long_side, patch))
+                images.append(settings.preparation.apply(pixels))
             except ImageError as exc:
                 errors[i], size = str(exc), exc.size
         if errors[i] is not None:

@@ -9,7 +9,8 @@ import pyarrow as pa
 from PIL import Image
 
 from .arrays import column_arrays
-from .schema import SCHEMA
+from .output import SCHEMA
+from .settings import EncodeSettings
 
 # zlib level 1: masks are flat regions and shrink nearly as well as at level 9, several times faster.
 PNG_COMPRESS_LEVEL = 1
@@ -25,17 +26,17 @@ def encode_png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def encode_batch(batch: pa.Table, *, model: str, config_hash: str, run_id: str) -> pa.Table:
-    """Predictor rows -> rows of `schema.SCHEMA`, with PNGs instead of arrays and the run's provenance."""
+def encode_batch(batch: pa.Table, *, settings: EncodeSettings) -> pa.Table:
+    """Predictor rows -> rows of `output.SCHEMA`, with PNGs instead of arrays and the run's provenance."""
     rows = batch.num_rows
     columns = {name: batch.column(name) for name in batch.column_names if name in SCHEMA.names}
     columns["mask_png"] = _pngs(batch.column("mask"))
     columns["confidence_png"] = (
         _pngs(batch.column("confidence")) if "confidence" in batch.column_names else pa.nulls(rows, pa.binary())
     )
-    columns["model"] = pa.array([model] * rows, pa.string())
-    columns["config_hash"] = pa.array([config_hash] * rows, pa.string())
-    columns["run_id"] = pa.array([run_id] * rows, pa.string())
+    columns["model"] = pa.array([settings.model] * rows, pa.string())
+    columns["config_hash"] = pa.array([settings.config_hash] * rows, pa.string())
+    columns["run_id"] = pa.array([settings.run_id] * rows, pa.string())
     return pa.table({field.name: columns[field.name] for field in SCHEMA}).cast(SCHEMA)
 
 

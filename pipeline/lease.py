@@ -4,8 +4,8 @@ Scheduled jobs overlap when a run takes longer than the schedule's period;
 incremental mode alone would let both runs label (and write) the same new
 images. Each run therefore takes a lease before it writes anything:
 
-* lease files are `<output>/_lease/<generation>.json` (names starting with
-  `_` are not data); the highest generation is the current lease;
+* lease files are `output.lease_path(generation)` (hidden from readers);
+  the highest generation is the current lease;
 * a run may take generation N+1 only if generation N is released or
   abandoned, and takes it with an exclusive create (`open(..., "xb")`:
   O_EXCL locally, `If-None-Match: *` on S3), so of two runs starting
@@ -38,25 +38,18 @@ from typing import Any, TypeVar
 
 from fsspec import AbstractFileSystem
 
+from .errors import LeaseHeld, LeaseLost
+from .output import lease_dir, lease_path
 from .retry import Retry
 from .storage import Location
 
 log = logging.getLogger(__name__)
 
-LEASE_DIR = "_lease"
 DEFAULT_TTL_S = 600.0
 
 T = TypeVar("T")
 
 _HELD: set[str] = set()  # holder ids of the leases this process holds right now
-
-
-class LeaseHeld(RuntimeError):
-    """Another run holds the output's lease (or just took it)."""
-
-
-class LeaseLost(RuntimeError):
-    """The lease expired and another run took it over while this run was still writing."""
 
 
 @dataclass(frozen=True)
@@ -92,16 +85,8 @@ class LeaseRecord:
         return f"job {self.job!r} on {self.host} (pid {self.pid}), since {acquired}, lease expires {expires}"
 
 
-def _directory(output: Location) -> str:
-    return f"{output.path.rstrip('/')}/{LEASE_DIR}"
-
-
-def _path(output: Location, generation: int) -> str:
-    return f"{_directory(output)}/{generation:012d}.json"
-
-
 def _generations(fs: AbstractFileSystem, output: Location) -> list[int]:
-    directory = _directory(output)
+    directory = lease_dir(output)
     fs.invalidate_cache(directory)
     try:
         names = fs.ls(directory, detail=False)
@@ -113,7 +98,7 @@ def _generations(fs: AbstractFileSystem, output: Location) -> list[int]:
 
 def _read(fs: AbstractFileSystem, output: Location, generation: int) -> LeaseRecord | None:
     """The record of a generation; None if it vanished. Unreadable files count as held."""
-    path = _path(output, generation)
+    path = lease_path(output, generation)
     try:
         return LeaseRecord(**json.loads(fs.cat_file(path)))
     except FileNotFoundError:
@@ -189,10 +174,10 @@ class OutputLease:
         Retried creates are idempotent: finding the file already there with
         our own holder id means an earlier attempt made it.
         """
-        path = _path(self.output, generation)
+        path = lease_path(self.output, generation)
 
         def create() -> bool:
-            self.fs.makedirs(_directory(self.output), exist_ok=True)
+            self.fs.makedirs(lease_dir(self.output), exist_ok=True)
             try:
                 with self.fs.open(path, "xb") as handle:
                     handle.write(self._record())
@@ -200,7 +185,7 @@ class OutputLease:
                 return False
             except OSError:
                 # Some S3 servers answer a failed If-None-Match with a generic error: look before deciding.
-                self.fs.invalidate_cache(_directory(self.output))
+                self.fs.invalidate_cache(lease_dir(self.output))
                 if self.fs.exists(path):
                     return False
                 raise
@@ -236,7 +221,7 @@ class OutputLease:
             raise LeaseHeld("output was taken by another run while this one was starting")
         for old in generations[:-1]:  # keep the previous generation for the record, drop the rest
             try:
-                self.fs.rm_file(_path(self.output, old))
+                self.fs.rm_file(lease_path(self.output, old))
             except Exception as exc:  # left for the next run to prune
                 log.debug("could not prune lease generation %d: %s", old, exc)
         if current is not None and not current.released:
@@ -244,7 +229,7 @@ class OutputLease:
         return top + 1
 
     def _write(self, generation: int, *, released: bool) -> None:
-        self.fs.pipe_file(_path(self.output, generation), self._record(released=released))
+        self.fs.pipe_file(lease_path(self.output, generation), self._record(released=released))
 
     def _still_ours(self, retry: Retry) -> bool:
         try:

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
 
-from sfp_core import SegmentResult, SFPConfig, SFPSegmenter, Vocabulary
+from sfp_core import SegmentResult, SFPSegmenter
 
 from .arrays import column_arrays, tensor_column
-from .schema import OUTLIER_TYPE, REASON_UNSUPPORTED, STATUS_ERROR, STATUS_OK
+from .output import OUTLIER_TYPE, REASON_UNSUPPORTED, STATUS_ERROR, STATUS_OK
+from .settings import PredictorSettings
+from .storage import fsspec_options
 
 
 class SFPPredictor:
@@ -23,33 +24,26 @@ class SFPPredictor:
     (and the quantised confidence map) at their original size, plus statistics.
     """
 
-    def __init__(
-        self,
-        *,
-        arch: str,
-        weights: str,
-        weights_sha256: str | None,
-        weights_storage_options: dict[str, Any] | None,
-        classes: Sequence[Sequence[str]],
-        config: dict[str, Any],
-        device: str,
-        threads: int,
-        confidence: bool,
-    ):
-        if device == "cpu":  # Ray pins actors to one thread; a CPU actor gets its share of the node
-            torch.set_num_threads(max(1, min(threads, os.cpu_count() or 1)))
-        vocabulary = Vocabulary(classes)
+    def __init__(self, settings: PredictorSettings):
+        if settings.device == "cpu":  # Ray pins actors to one thread; a CPU actor gets its share of the node
+            torch.set_num_threads(max(1, min(settings.threads, os.cpu_count() or 1)))
+        model = settings.model
         self.segmenter = SFPSegmenter.from_pretrained(
-            arch,
-            weights,
-            vocabulary,
-            SFPConfig.from_dict(config),
-            device,
-            storage_options=weights_storage_options,
-            sha256=weights_sha256,
+            model.arch,
+            model.weights,
+            settings.vocabulary,
+            settings.config,
+            settings.device,
+            storage_options=fsspec_options(model.weights, dict(model.storage_options)),
+            sha256=model.weights_sha256,
         )
-        self.confidence = confidence
-        self.mask_dtype = np.uint8 if vocabulary.num_classes <= 255 else np.uint16
+        if self.segmenter.preparation != settings.preparation:
+            raise RuntimeError(
+                f"the decode stage prepares images with {settings.preparation}, "
+                f"the segmenter with {self.segmenter.preparation}"
+            )
+        self.confidence = settings.confidence
+        self.mask_dtype = settings.vocabulary.mask_dtype
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         statuses = batch.column("status").to_pylist()

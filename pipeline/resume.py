@@ -7,9 +7,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
-import pyarrow.fs as pafs
 import ray
 
+from .output import data_files
 from .retry import Retry
 from .storage import Location
 
@@ -19,11 +19,10 @@ def existing_ids(output: Location, retry: Retry) -> pa.Array:
     fs = output.filesystem()
 
     def read() -> pa.Array:
-        if fs.get_file_info(output.path).type != pafs.FileType.Directory:
+        files = data_files(output, retry)
+        if not files:
             return pa.array([], pa.string())
-        dataset = pads.dataset(output.path, filesystem=fs, format="parquet")
-        if not dataset.files:
-            return pa.array([], pa.string())
+        dataset = pads.dataset(files, filesystem=fs, format="parquet")
         return dataset.to_table(columns=["image_id"]).column("image_id").combine_chunks()
 
     return retry.call(f"reading the image ids of {output.uri}", read)

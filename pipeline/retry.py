@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from .errors import StorageUnavailable
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -52,10 +54,26 @@ _TRANSIENT_TYPES = {
     "ServerDisconnectedError",
 }
 _PER_FILE = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
+# What storage clients say when the credentials are missing, wrong, or lack a permission.
+_ACCESS_DENIED_MARKERS = (
+    "ACCESS_DENIED",
+    "AccessDenied",
+    "Access Denied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "Unable to locate credentials",
+    "NoCredentialsError",
+    "403",
+)
 
 
-class StorageUnavailable(RuntimeError):
-    """Storage kept failing transiently for longer than the retry policy's patience."""
+def is_access_denied(exc: BaseException) -> bool:
+    """Whether `exc` says the storage refused the credentials (the user's to fix, never retried)."""
+    if isinstance(exc, PermissionError):
+        return True
+    if {cls.__name__ for cls in type(exc).__mro__} & {"NoCredentialsError", "PartialCredentialsError"}:
+        return True
+    return isinstance(exc, OSError) and any(marker in str(exc) for marker in _ACCESS_DENIED_MARKERS)
 
 
 def is_transient(exc: BaseException) -> bool:

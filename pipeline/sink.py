@@ -1,4 +1,4 @@
-"""The Parquet sink: complete files only, staged under `_staging/<run_id>/`, then committed.
+"""The Parquet sink: complete files only, staged first (`output.staging_dir`), then committed.
 
 Ray's `write_parquet` writes straight into the destination (a reader can
 catch a half-written local file) and has no per-file commit hook, so this
@@ -16,7 +16,6 @@ lost it, or a killed driver's stray tasks, never add files under a successor.
 
 from __future__ import annotations
 
-import posixpath
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -29,14 +28,12 @@ from ray.data.block import Block, BlockAccessor
 from ray.data.datasource import Datasink, WriteResult
 
 from .lease import LeaseClaim
+from .output import SCHEMA, STATUS_OK, committed_file, data_file_name, data_files, staged_file, staging_dir
 from .retry import Retry
-from .schema import SCHEMA, STATUS_OK
 from .storage import Location
 
 if TYPE_CHECKING:
     from ray.data._internal.execution.interfaces import TaskContext
-
-STAGING = "_staging"
 
 
 @dataclass(frozen=True)
@@ -71,7 +68,7 @@ class StagedParquetSink(Datasink[WrittenFile | None]):
 
     @property
     def staging_dir(self) -> str:
-        return self.output.join(STAGING, self.run_id)
+        return staging_dir(self.output, self.run_id)
 
     @property
     def min_rows_per_write(self) -> int:
@@ -86,9 +83,9 @@ class StagedParquetSink(Datasink[WrittenFile | None]):
         table = pa.concat_tables([t for t in tables if t.num_rows]) if any(t.num_rows for t in tables) else None
         if table is None:
             return None
-        name = f"part-{self.run_id}-{ctx.task_idx:06d}.parquet"
+        name = data_file_name(self.run_id, ctx.task_idx)
         fs = self.output.filesystem()
-        staged = posixpath.join(self.staging_dir, name)
+        staged = staged_file(self.output, self.run_id, name)
         rows = table.cast(SCHEMA)
         self.retry.call(
             f"writing {self.output.uri_of(staged)}",
@@ -96,7 +93,7 @@ class StagedParquetSink(Datasink[WrittenFile | None]):
         )
         if self.commit_each_file:
             self.claim.verify(self.retry)
-            _move(self.output, staged, self.output.join(name), self.retry)
+            _move(self.output, staged, committed_file(self.output, name), self.retry)
         ok = pc.sum(pc.equal(table.column("status"), STATUS_OK)).as_py() or 0
         return WrittenFile(name, table.num_rows, ok)
 
@@ -132,21 +129,6 @@ def _delete(output: Location, path: str, retry: Retry, *, directory: bool = Fals
     retry.call(f"deleting {output.uri_of(path)}", delete)
 
 
-def data_files(output: Location, retry: Retry) -> list[str]:
-    """Paths of the Parquet files a reader of the output sees (names starting with "_" or "." are not data)."""
-    fs = output.filesystem()
-    if retry.call(f"listing {output.uri}", lambda: fs.get_file_info(output.path)).type != pafs.FileType.Directory:
-        return []
-    selector = pafs.FileSelector(output.path, recursive=True)
-    files = []
-    for entry in retry.call(f"listing {output.uri}", lambda: fs.get_file_info(selector)):
-        relative = posixpath.relpath(entry.path, output.path)
-        hidden = any(part.startswith(("_", ".")) for part in relative.split("/"))
-        if entry.type == pafs.FileType.File and not hidden and entry.path.endswith(".parquet"):
-            files.append(entry.path)
-    return files
-
-
 def commit_overwrite(output: Location, run_id: str, written: list[WrittenFile], retry: Retry) -> None:
     """Replace the output's data files with this run's staged ones: every old file out, then the new ones in.
 
@@ -156,19 +138,19 @@ def commit_overwrite(output: Location, run_id: str, written: list[WrittenFile], 
     for path in data_files(output, retry):
         _delete(output, path, retry)
     for file in written:
-        _move(output, output.join(STAGING, run_id, file.name), output.join(file.name), retry)
+        _move(output, staged_file(output, run_id, file.name), committed_file(output, file.name), retry)
 
 
 def remove_staging(output: Location, retry: Retry, run_id: str | None = None) -> None:
-    """Drop one run's staging directory (whatever it left there), and `_staging` itself once empty.
+    """Drop one run's staging directory (whatever it left there), and the staging root itself once empty.
 
     Without `run_id`, every run's: what is staged while this run holds the
     output's lease belongs to runs that died.
     """
     fs = output.filesystem()
-    root = output.join(STAGING)
+    root = staging_dir(output)
     if run_id is not None:
-        _delete(output, output.join(STAGING, run_id), retry, directory=True)
+        _delete(output, staging_dir(output, run_id), retry, directory=True)
         selector = pafs.FileSelector(root, allow_not_found=True)
         if retry.call(f"listing {output.uri_of(root)}", lambda: fs.get_file_info(selector)):
             return

@@ -21,8 +21,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import ray
 
-from .retry import Retry, StorageUnavailable
-from .schema import REASON_UNREADABLE
+from .errors import InputNotFound, StorageUnavailable
+from .output import REASON_UNREADABLE, is_hidden, is_hidden_path
+from .retry import Retry
 from .storage import Location, Redactor
 from .walk import Listed, walk_local
 
@@ -34,24 +35,17 @@ READ_THREADS = 16  # files fetched at once per read task, for the same reason
 LISTING_SCHEMA = pa.schema([("image_id", pa.string()), ("path", pa.string()), ("error", pa.string())])
 
 
-def normalise_extensions(extensions: Sequence[str]) -> tuple[str, ...]:
-    """("JPG", ".png") -> ("jpg", "png")."""
-    out = tuple(sorted({e.lower().lstrip(".") for e in extensions if e.strip(". ")}))
-    if not out:
-        raise ValueError("extensions is empty: nothing would be read")
-    return out
-
-
 def list_images(location: Location, extensions: Sequence[str], num_cpus: float, retry: Retry) -> ray.data.Dataset:
     """Rows `(image_id, path, error)` for every file under `location` with one of `extensions`.
 
-    Names starting with "." or "_" (hidden files, our own `_staging`) are not
+    Hidden names (`output.is_hidden`: dot files, our own staging) are not
     inputs, as in Ray, Spark and pyarrow. A single file is its own corpus.
+    `extensions` are lower case without dots (`request.Source` normalises them).
     """
     fs = location.filesystem()
     info = retry.call(f"listing {location.uri}", lambda: fs.get_file_info(location.path))
     if info.type == pafs.FileType.NotFound:
-        raise FileNotFoundError(f"input {location.uri} does not exist")
+        raise InputNotFound(f"input {location.uri} does not exist; check input.uri")
     if info.type == pafs.FileType.File:
         return ray.data.from_arrow(next(_blocks([Listed(posixpath.basename(location.path), location.path)])))
     seed = ray.data.from_items([{"root": location.path}])
@@ -60,7 +54,7 @@ def list_images(location: Location, extensions: Sequence[str], num_cpus: float, 
         batch_format="pyarrow",
         batch_size=None,
         num_cpus=num_cpus,
-        fn_kwargs={"location": location, "extensions": normalise_extensions(extensions), "retry": retry},
+        fn_kwargs={"location": location, "extensions": tuple(extensions), "retry": retry},
     )
 
 
@@ -75,7 +69,7 @@ def list_tree(seed: pa.Table, *, location: Location, extensions: tuple[str, ...]
         listing = functools.partial(_listing, fs, retry, location)
         top = listing(root, recursive=False)
         yield from _blocks(_stored_files(root, top, extensions))
-        subdirs = [e.path for e in top if e.type == pafs.FileType.Directory and not _hidden(e.base_name)]
+        subdirs = [e.path for e in top if e.type == pafs.FileType.Directory and not is_hidden(e.base_name)]
         with ThreadPoolExecutor(max_workers=LIST_THREADS) as pool:
             pending = {pool.submit(listing, d, recursive=True) for d in subdirs}
             for future in as_completed(pending):
@@ -94,7 +88,7 @@ def _stored_files(root: str, entries: list[pafs.FileInfo], extensions: tuple[str
     prefix = root.rstrip("/") + "/"
     for entry in entries:
         image_id = entry.path.removeprefix(prefix)
-        if entry.type != pafs.FileType.File or any(_hidden(part) for part in image_id.split("/")):
+        if entry.type != pafs.FileType.File or is_hidden_path(image_id):
             continue
         if _extension(entry.base_name) in extensions:
             yield Listed(image_id, entry.path)
@@ -118,10 +112,6 @@ def _table(rows: list[Listed]) -> pa.Table:
 
 def _extension(name: str) -> str:
     return posixpath.splitext(name)[1].lower().lstrip(".")
-
-
-def _hidden(name: str) -> bool:
-    return name.startswith((".", "_"))
 
 
 def read_files(batch: pa.Table, *, location: Location, redact: Redactor, retry: Retry) -> pa.Table:

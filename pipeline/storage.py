@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import posixpath
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,20 +25,10 @@ from urllib.parse import urlsplit
 import pyarrow.fs as pafs
 from fsspec import AbstractFileSystem
 
-REDACTED = "<redacted>"
+from .secrets import MIN_REDACTED_LENGTH, REDACTED, holds_secret, secret_value_kind, secret_values
 
-# Storage-option names (lower case) that hold credentials.
-_SECRET_WORDS = ("secret", "token", "password", "passwd", "credential", "private", "signature", "sas", "account_key")
-_SECRET_NAMES = {"key", "access_key", "access_key_id", "aws_access_key_id"}
-# Environment variables whose values must never be recorded.
-_SECRET_ENV = (
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "GOOGLE_APPLICATION_CREDENTIALS_JSON",
-    "AZURE_STORAGE_KEY",
-    "AZURE_STORAGE_SAS_TOKEN",
-)
+# `scheme://user:password@` in any text: the user info goes, whoever's it is.
+_URI_USER_INFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s:@]+:[^/\s@]+@")
 
 # Loggers that write whole requests, the Authorization header (with the access key id) included, at DEBUG.
 _REQUEST_LOGGERS = ("botocore.endpoint",)
@@ -56,20 +47,17 @@ _S3_ALIASES = {
 _GCS_ALIASES = {"anon": "anonymous", "token": "access_token", "project": "project_id"}
 
 
-def is_secret_option(name: str) -> bool:
-    lowered = name.lower()
-    return lowered in _SECRET_NAMES or any(word in lowered for word in _SECRET_WORDS)
-
-
 def public_options(options: dict[str, Any] | None) -> dict[str, Any]:
     """Storage options with every credential-like value replaced, recursively."""
 
     def scrub(value: Any) -> Any:
         if isinstance(value, dict):
-            return {k: REDACTED if is_secret_option(str(k)) else scrub(v) for k, v in value.items()}
+            return {k: REDACTED if holds_secret(str(k), v) else scrub(v) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
             return [scrub(v) for v in value]
         if isinstance(value, str):
+            if secret_value_kind(value):
+                return REDACTED
             return public_uri(value) if "://" in value else value
         return value if isinstance(value, (int, float, bool)) or value is None else type(value).__name__
 
@@ -95,30 +83,18 @@ class Redactor:
 
     @classmethod
     def for_options(cls, *option_sets: dict[str, Any] | None, uris: tuple[str, ...] = ()) -> Redactor:
-        found: set[str] = {os.environ[name] for name in _SECRET_ENV if os.environ.get(name)}
-
-        def collect(value: Any, secret: bool = False) -> None:
-            if isinstance(value, dict):
-                for k, v in value.items():
-                    collect(v, secret or is_secret_option(str(k)))
-            elif isinstance(value, (list, tuple)):
-                for v in value:
-                    collect(v, secret)
-            elif secret and value not in (None, "") and not isinstance(value, bool):
-                found.add(str(value))
-
-        for options in option_sets:
-            collect(options or {})
+        """Redacts the credentials in these options, in the environment and in the URIs' user info."""
+        found = secret_values(*option_sets)
         for uri in uris:
             parts = urlsplit(uri)
-            found.update(p for p in (parts.username, parts.password) if p)
+            found.update(p for p in (parts.username, parts.password) if p and len(p) >= MIN_REDACTED_LENGTH)
         # Longest first, so a secret containing another is replaced whole.
-        return cls(tuple(sorted((s for s in found if len(s) >= 4), key=len, reverse=True)))
+        return cls(tuple(sorted(found, key=len, reverse=True)))
 
     def __call__(self, text: str) -> str:
         for secret in self.secrets:
             text = text.replace(secret, "***")
-        return text
+        return _URI_USER_INFO.sub(r"\1***@", text)
 
     def __repr__(self) -> str:
         return f"Redactor({len(self.secrets)} secrets)"
@@ -215,6 +191,12 @@ class Location:
         if self.scheme == "s3":  # one retry loop, the caller's (`retry.Retry`), not botocore's 5 attempts inside it
             options["config_kwargs"] = {"retries": {"max_attempts": 2}, **options.get("config_kwargs", {})}
         return fsspec.filesystem(self.scheme, **options)
+
+
+def is_local_uri(uri: str) -> bool:
+    """A plain path or file:// URI: storage that only the machine running the code can see."""
+    scheme = urlsplit(uri).scheme
+    return not scheme or len(scheme) == 1 or scheme == "file"
 
 
 def fsspec_options(uri: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:

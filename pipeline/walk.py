@@ -21,7 +21,7 @@ import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from .schema import REASON_UNREADABLE
+from .output import REASON_UNREADABLE, is_hidden
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class Listed:
 
 
 def walk_local(root: str, wanted: Callable[[str], bool]) -> Iterator[Listed]:
-    """Every file under `root` whose name `wanted` accepts; names starting with "." or "_" are skipped."""
+    """Every file under `root` whose name `wanted` accepts; hidden names (`output.is_hidden`) are skipped."""
     top = os.fsencode(root)
     seen = {_identity(top)}
     pending = [b""]
@@ -44,7 +44,7 @@ def walk_local(root: str, wanted: Callable[[str], bool]) -> Iterator[Listed]:
         with os.scandir(directory) as entries:
             children = sorted(entries, key=lambda e: e.name)
         for entry in children:
-            if entry.name.startswith((b".", b"_")):
+            if is_hidden(os.fsdecode(entry.name)):
                 continue
             child = os.path.join(relative, entry.name) if relative else entry.name
             try:

@@ -1,13 +1,38 @@
-"""sfp_core: SFP (ICCV 2025) training-free open-vocabulary segmentation on a frozen CLIP ViT."""
+"""sfp_core: SFP (ICCV 2025) training-free open-vocabulary segmentation on a frozen CLIP ViT.
 
-from .backbone import UnknownArchitecture, arch_depth, arch_patch_size
+The light parts (errors, settings, vocabulary, results) load at once; the
+parts that need torch and open_clip load on first use, so a pipeline worker
+that only lists or writes files can import the errors and settings cheaply.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .config import PRESETS, SFPConfig
 from .errors import BusyError, RetryableError, SFPLabelError, UserError
 from .results import ImageStats, Outlier, SegmentResult
-from .segmenter import SFPSegmenter
 from .vocabulary import Vocabulary, VocabularyError, mask_dtype_for
-from .weights import WeightsError, WeightsUnavailable
-from .windows import ImagePreparation, prepare_image
+
+if TYPE_CHECKING:
+    from .backbone import UnknownArchitecture, arch_depth, arch_patch_size, check_weights
+    from .segmenter import SFPSegmenter
+    from .weights import WeightsError, WeightsUnavailable
+    from .windows import ImagePreparation, prepare_image
+
+# Names that need torch: the module each one lives in.
+_HEAVY = {
+    "UnknownArchitecture": "backbone",
+    "arch_depth": "backbone",
+    "arch_patch_size": "backbone",
+    "check_weights": "backbone",
+    "SFPSegmenter": "segmenter",
+    "WeightsError": "weights",
+    "WeightsUnavailable": "weights",
+    "ImagePreparation": "windows",
+    "prepare_image": "windows",
+}
 
 __all__ = [
     "PRESETS",
@@ -28,6 +53,14 @@ __all__ = [
     "WeightsUnavailable",
     "arch_depth",
     "arch_patch_size",
+    "check_weights",
     "mask_dtype_for",
     "prepare_image",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _HEAVY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __name__), name)

@@ -12,7 +12,18 @@ import open_clip
 import torch
 
 from .errors import UserError
-from .weights import WeightsError, fetch_uri, is_uri, read_checkpoint, regular_file, resolve_tag, verify_sha256
+from .weights import (
+    WeightsError,
+    cached_or_reachable,
+    fetch_uri,
+    is_uri,
+    read_checkpoint,
+    regular_file,
+    remote_fingerprint,
+    resolve_tag,
+    tag_config,
+    verify_sha256,
+)
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +122,37 @@ def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: 
     model.load_state_dict(state, strict=True)
 
 
+def _names_a_file(weights: str) -> bool:
+    return Path(weights).expanduser().exists() or "/" in weights or weights.endswith(_FILE_SUFFIXES)
+
+
+def check_weights(
+    arch: str,
+    weights: str,
+    *,
+    storage_options: dict[str, Any] | None = None,
+    cache_dir: str | Path | None = None,
+) -> None:
+    """Raise what `load_backbone` would raise about where the weights are, without loading them.
+
+    An unknown architecture, a missing or odd local file, a URI that is not
+    there (one HEAD), an unknown tag, or a tag that is neither cached nor
+    downloadable: each is found in seconds, before any worker starts.
+    """
+    arch_patch_size(arch)
+    if weights == "random":
+        return
+    if is_uri(weights):
+        if weights.startswith("file://"):
+            regular_file(weights[len("file://") :], weights)
+        else:
+            remote_fingerprint(weights, storage_options)
+    elif _names_a_file(weights):
+        regular_file(Path(weights).expanduser(), weights)
+    else:
+        cached_or_reachable(arch, weights, tag_config(arch, weights), Path(cache_dir) if cache_dir else None)
+
+
 def load_backbone(
     arch: str,
     weights: str,
@@ -143,7 +185,7 @@ def load_backbone(
     if is_uri(weights):
         path = fetch_uri(weights, storage_options, cache)
         tag_quick = None
-    elif Path(weights).expanduser().exists() or "/" in weights or weights.endswith(_FILE_SUFFIXES):
+    elif _names_a_file(weights):
         path = regular_file(Path(weights).expanduser(), weights)
         tag_quick = None
     else:

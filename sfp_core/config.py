@@ -1,4 +1,4 @@
-"""SFPConfig: every knob of SFP-SPEC.md, with the reference profile as defaults."""
+"""SFPConfig: every knob of SFP (docs/algorithm.md), with the reference profile as defaults."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 OutlierMethod = Literal["som", "l2", "lof", "none"]
 Precision = Literal["fp32", "fp16", "bf16"]
 
-# SFP-SPEC.md section 8: per-vocabulary reference settings (ViT-B/16).
+# docs/algorithm.md section 8: per-vocabulary reference settings (ViT-B/16).
 PRESETS: dict[str, dict[str, Any]] = {
     "voc21": {"short_side": 336, "logit_scale": 50.0, "prob_thd": 0.15, "area_thd": 0.1},
     "context60": {"short_side": 336, "logit_scale": 40.0, "prob_thd": 0.15},
@@ -74,7 +74,7 @@ class SFPConfig(BaseModel):
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> SFPConfig:
-        """The reference settings of a benchmark vocabulary (SFP-SPEC.md section 8)."""
+        """The reference settings of a benchmark vocabulary (docs/algorithm.md section 8)."""
         key = name.lower().replace("-", "_")
         if key not in PRESETS:
             raise ValueError(f"unknown SFP preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")

@@ -1,6 +1,6 @@
 """The SFP forward on a batch of same-sized windows: SOF, similarity maps, SAE, HAI, head.
 
-Function names follow SFP-SPEC.md sections 2-6. All maps and statistics are
+Function names follow docs/algorithm.md sections 2-6. All maps and statistics are
 per window (the batch dimension is never reduced).
 """
 

@@ -40,7 +40,7 @@ class ViTRunner:
         self._pos_cache: dict[tuple[int, int], torch.Tensor] = {}
 
     def positional_embedding(self, rows: int, cols: int) -> torch.Tensor:
-        """Positional embedding for a `rows x cols` grid (SFP-SPEC.md section 1, cached per grid)."""
+        """Positional embedding for a `rows x cols` grid (docs/algorithm.md section 1, cached per grid)."""
         key = (rows, cols)
         cached = self._pos_cache.get(key)
         if cached is not None:

@@ -101,17 +101,9 @@ def fetch_uri(uri: str, storage_options: dict[str, Any] | None, cache_dir: Path 
     ETag), so a replaced object is fetched again. Writes go to a temp file and
     are renamed into place, so concurrent workers never read half a file.
     """
-    import fsspec
-
     if uri.startswith("file://"):
-        return Path(uri[len("file://") :])
-    try:
-        fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
-        fingerprint = fs.ukey(path)
-    except FileNotFoundError as exc:
-        raise WeightsError(f"weights {uri} not found") from exc
-    except Exception as exc:
-        raise WeightsUnavailable(f"cannot reach weights {uri}: {type(exc).__name__}: {exc}") from exc
+        return regular_file(uri[len("file://") :], uri)
+    fs, path, fingerprint = remote_fingerprint(uri, storage_options)
     key = hashlib.sha256(f"{uri}\n{fingerprint}".encode()).hexdigest()[:24]
     target_dir = (cache_dir or default_cache_dir()) / "weights" / key
     target = target_dir / os.path.basename(path.rstrip("/"))
@@ -129,6 +121,21 @@ def fetch_uri(uri: str, storage_options: dict[str, Any] | None, cache_dir: Path 
         Path(tmp).unlink(missing_ok=True)
         raise WeightsUnavailable(f"cannot download weights {uri}: {type(exc).__name__}: {exc}") from exc
     return target
+
+
+def remote_fingerprint(uri: str, storage_options: dict[str, Any] | None) -> tuple[Any, str, str]:
+    """(fsspec filesystem, path, fingerprint) of a remote checkpoint: one HEAD, nothing downloaded."""
+    import fsspec
+
+    try:
+        fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+        return fs, path, fs.ukey(path)
+    except FileNotFoundError as exc:
+        raise WeightsError(f"weights {uri} not found") from exc
+    except PermissionError as exc:
+        raise WeightsError(f"weights {uri}: access denied ({exc}); check the credentials in the environment") from exc
+    except Exception as exc:
+        raise WeightsUnavailable(f"cannot reach weights {uri}: {type(exc).__name__}: {exc}") from exc
 
 
 def _is_safetensors(head: bytes) -> bool:
@@ -223,10 +230,9 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def resolve_tag(arch: str, tag: str, cache_dir: Path | None) -> tuple[Path, bool]:
-    """Local path of an open_clip pretrained tag's checkpoint, and whether it uses QuickGELU."""
+def tag_config(arch: str, tag: str) -> dict[str, Any]:
+    """open_clip's record of a pretrained tag of `arch`; WeightsError naming the known tags if there is none."""
     import open_clip
-    from open_clip.pretrained import download_pretrained
 
     cfg = open_clip.get_pretrained_cfg(arch, tag)
     if not cfg:
@@ -235,16 +241,32 @@ def resolve_tag(arch: str, tag: str, cache_dir: Path | None) -> tuple[Path, bool
             f"weights {tag!r} are neither a file, a URI, 'random' nor an open_clip tag of {arch} "
             f"(its tags: {', '.join(known) or 'none'})"
         )
-    quick_gelu = bool(cfg.get("quick_gelu", False))
+    return cfg
+
+
+def cached_or_reachable(arch: str, tag: str, cfg: dict[str, Any], cache_dir: Path | None) -> Path | None:
+    """The cached checkpoint of a tag, or None when it must be downloaded; WeightsError when it cannot be."""
     cached = _cached_hub_file(cfg, cache_dir)
     if cached is not None:
-        return cached, quick_gelu
+        return cached
     if not hub_reachable():
         raise WeightsError(
             f"weights {arch}/{tag} are not cached and the model hub cannot be reached (no network). "
             f"Download the checkpoint elsewhere and pass it instead: weights=/path/to/{arch}.pt "
-            "or an fsspec URI such as s3://bucket/clip/ViT-B-16.pt"
+            "or an fsspec URI such as s3://bucket/clip/ViT-B-16.pt; or weights=random for a smoke run"
         )
+    return None
+
+
+def resolve_tag(arch: str, tag: str, cache_dir: Path | None) -> tuple[Path, bool]:
+    """Local path of an open_clip pretrained tag's checkpoint, and whether it uses QuickGELU."""
+    from open_clip.pretrained import download_pretrained
+
+    cfg = tag_config(arch, tag)
+    quick_gelu = bool(cfg.get("quick_gelu", False))
+    cached = cached_or_reachable(arch, tag, cfg, cache_dir)
+    if cached is not None:
+        return cached, quick_gelu
     try:
         return Path(download_pretrained(cfg, cache_dir=str(cache_dir) if cache_dir else None)), quick_gelu
     except Exception as exc:

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-GOLDEN = Path(__file__).parent / "data" / "golden"
-TINY_ARCH = "SFP-Tiny-16"  # registered by sfp_core: 12 blocks, width 128, patch 16, QuickGELU
+from helpers import GOLDEN, TINY_ARCH
 
 
 @pytest.fixture(scope="session")

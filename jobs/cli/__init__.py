@@ -1,0 +1,5 @@
+"""`sfp-label`: the command line (`main`), and the exit codes it alone decides."""
+
+from .main import main
+
+__all__ = ["main"]

@@ -1,0 +1,219 @@
+"""`sfp-label`: the command line. Argument parsing, wiring, and the one mapping from errors to exit codes;
+the work lives in `jobs.jobfile`, `jobs.tools` and `pipeline`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from sfp_core import BusyError, RetryableError, UserError
+
+from .exitcodes import HELP as EXIT_CODES_HELP
+from .exitcodes import ExitCode
+
+if TYPE_CHECKING:
+    from pipeline import LabelledOutput, RunSummary
+
+EXAMPLES = """examples:
+  sfp-label run jobs/demo.yaml --set model.weights=random     label examples/images into out/demo, offline
+  sfp-label run jobs/voc21.yaml --set input.uri=s3://bucket/voc/JPEGImages --set output.uri=s3://bucket/labels/voc21
+  sfp-label run jobs/bucket.yaml --dry-run                    show the job as it would run, run nothing
+  sfp-label validate jobs/bucket.yaml                         check a job file (exit 2 and the field if bad)
+  sfp-label show out/demo                                     counts, classes, outlier statistics
+  sfp-label show s3://bucket/labels/voc21 -o endpoint_url=http://127.0.0.1:8333 --json
+  sfp-label export out/demo out/demo-voc --ignore-below 0.5   masks for a trainer (VOC / mmseg layout)
+  sfp-label eval out/voc21 --gt data/VOCdevkit/VOC2012/SegmentationClass   mIoU / mAcc / aAcc per class
+  sfp-label render out/demo out/demo-html --limit 50          overlays, outlier maps and an index.html
+  ray job submit --working-dir . -- sfp-label run jobs/voc21.yaml   on a Ray cluster
+
+Job files: YAML (see jobs/*.yaml); ${VAR} and ${VAR:-default} take non-secret values from the
+environment; credentials are refused in job files and come from the environment or ~/.aws etc.
+"""
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a probability in 0..1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sfp-label",
+        description="Label image corpora with SFP (training-free open-vocabulary segmentation) on Ray.",
+        epilog=f"{EXAMPLES}\n{EXIT_CODES_HELP}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def job_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(
+            name, help=help_text, description=help_text, epilog=EXIT_CODES_HELP,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )  # fmt: skip
+        sub.add_argument("job", type=Path, metavar="JOB.yaml")
+        sub.add_argument(
+            "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+            help="override a job key, e.g. --set model.weights=random --set resources.actors=[1,4] (repeatable)",
+        )  # fmt: skip
+        return sub
+
+    run = job_command("run", "run a labelling job (locally, or on the Ray cluster in RAY_ADDRESS)")
+    run.add_argument("--dry-run", action="store_true", help="print the job as it would run and exit")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars (for cron and CI logs)")
+    job_command("validate", "check a job file without running it")
+
+    def output_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(
+            name, help=help_text, description=help_text, epilog=EXIT_CODES_HELP,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )  # fmt: skip
+        sub.add_argument("output", metavar="OUTPUT_URI", help="a finished job's output.uri")
+        sub.add_argument(
+            "-o", "--storage-option", dest="storage_options", action="append", default=[], metavar="KEY=VALUE",
+            help="fsspec storage option, e.g. -o endpoint_url=http://127.0.0.1:8333 (never credentials)",
+        )  # fmt: skip
+        return sub
+
+    show = output_command("show", "summarise a finished output: counts, classes, outlier statistics")
+    show.add_argument("--json", action="store_true", help="print the summary as JSON")
+    export = output_command("export", "write masks as PNGs in the VOC / mmsegmentation folder layout")
+    export.add_argument("directory", type=Path, metavar="DIR")
+    export.add_argument(
+        "--ignore-below", type=_probability, metavar="P",
+        help="set pixels whose stored confidence is below P to the ignore index (needs output.confidence: true)",
+    )  # fmt: skip
+    export.add_argument("--ignore-index", type=int, default=255, help="label of ignored pixels (default 255)")
+    export.add_argument("--split", default="train", help="name of the id list, ImageSets/Segmentation/SPLIT.txt")
+    _add_eval_and_render(output_command)
+    return parser
+
+
+def _add_eval_and_render(output_command: Callable[[str, str], argparse.ArgumentParser]) -> None:
+    from ..tools.labelmaps import FORMATS
+
+    formats = "; ".join(f"{f.name}: {f.about}" for f in FORMATS.values())
+    evaluate = output_command("eval", "score the masks against ground-truth label maps (mIoU, mAcc, aAcc)")
+    evaluate.add_argument("--gt", required=True, metavar="DIR_OR_URI", help="folder of label maps (-o applies too)")
+    evaluate.add_argument("--vocab", type=Path, metavar="FILE", help="class names (default: the run manifest's)")
+    evaluate.add_argument("--gt-format", choices=list(FORMATS), default="voc", help=f"(default voc) {formats}")
+    evaluate.add_argument("--gt-suffix", metavar="SUFFIX", help="label file = <image stem>SUFFIX (default per format)")
+    evaluate.add_argument("--out", type=Path, default=Path(), metavar="DIR", help="for the JSON and CSV (default .)")
+    render = output_command("render", "PNG overlays, outlier maps and an index.html to look at the masks")
+    render.add_argument("directory", type=Path, metavar="DIR")
+    render.add_argument("--limit", type=int, default=100, metavar="N", help="images to render (0 = all; default 100)")
+    render.add_argument("--max-side", type=int, default=640, metavar="PX", help="picture size cap (default 640)")
+
+
+def _run(args: argparse.Namespace) -> ExitCode:
+    from ..jobfile import load_job
+
+    job = load_job(args.job, args.overrides)
+    if args.command == "validate":
+        print(f"ok: {job.describe()}")
+        return ExitCode.OK
+    if args.dry_run:
+        print(f"# {job.describe()}\n# dry run: nothing was labelled")
+        print(yaml.safe_dump(job.effective(), sort_keys=False, default_flow_style=None), end="")
+        return ExitCode.OK
+    from ..jobfile.launch import run_job
+
+    summary = run_job(job, progress=not args.no_progress)
+    print(summary.one_line())
+    return _exit_code(summary)
+
+
+def _exit_code(summary: RunSummary) -> ExitCode:
+    """A run with error rows finished, but not fully: scripts must be able to tell."""
+    return ExitCode.PARTIAL if summary.error else ExitCode.OK
+
+
+def _output(args: argparse.Namespace) -> ExitCode:
+    from pipeline import LabelledOutput
+
+    from ..tools.options import parse_storage_options
+
+    options = parse_storage_options(args.storage_options)
+    output = LabelledOutput.open(args.output, options)
+    if args.command == "show":
+        from ..tools.show import format_summary, summarize
+
+        summary = summarize(output)
+        print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+        return ExitCode.OK
+    if args.command in ("eval", "render"):
+        return _eval_or_render(args, output, options)
+    from ..tools.export import export
+
+    report = export(
+        output, args.directory, ignore_below=args.ignore_below, ignore_index=args.ignore_index, split=args.split
+    )
+    print(report.one_line())
+    return ExitCode.OK
+
+
+def _eval_or_render(args: argparse.Namespace, output: LabelledOutput, storage_options: dict[str, Any]) -> ExitCode:
+    if args.command == "eval":
+        from ..tools.evaluate import GroundTruth, class_names, evaluate
+        from ..tools.labelmaps import FORMATS
+
+        gt = GroundTruth.open(args.gt, FORMATS[args.gt_format], args.gt_suffix, storage_options)
+        report = evaluate(output, gt, class_names(output, args.vocab))
+        print(report.table())
+        metrics, per_class = report.write(args.out)
+        print(f"wrote {metrics} and {per_class}")
+        return ExitCode.OK
+    from ..tools.render import render
+
+    rendered = render(
+        output, args.directory, limit=args.limit or None, max_side=args.max_side, storage_options=storage_options
+    )
+    print(rendered.one_line())
+    return ExitCode.OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `sfp-label` console script; returns the exit code (see --help)."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(_run(args) if args.command in ("run", "validate") else _output(args))
+    except (Exception, KeyboardInterrupt) as exc:  # the one place where errors become exit codes
+        return int(_report(exc, args.command))
+
+
+def _report(exc: BaseException, command: str) -> ExitCode:
+    """Say what went wrong in the words the error's class calls for, and choose the exit code."""
+    prefix = "sfp-label" if command in ("run", "validate") else f"sfp-label {command}"
+    if isinstance(exc, KeyboardInterrupt):
+        print(f"{prefix}: interrupted", file=sys.stderr)
+        return ExitCode.INTERRUPTED
+    if isinstance(exc, BusyError):
+        print(f"{prefix}: busy: {exc}", file=sys.stderr)
+        return ExitCode.BUSY
+    if isinstance(exc, RetryableError):
+        print(f"{prefix}: {exc}", file=sys.stderr)
+        print(
+            f"{prefix}: failed (exit 4); run it again once the storage or cluster is back: it resumes", file=sys.stderr
+        )
+        return ExitCode.CRASH
+    if isinstance(exc, UserError):
+        render = getattr(exc, "render", None)
+        print(render() if callable(render) else f"{prefix}: {exc}", file=sys.stderr)
+        return ExitCode.BAD_JOB
+    traceback.print_exception(exc)
+    print(f"{prefix}: crashed (exit 4); the traceback above says where", file=sys.stderr)
+    return ExitCode.CRASH
+
+
+if __name__ == "__main__":
+    sys.exit(main())

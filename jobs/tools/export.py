@@ -1,0 +1,109 @@
+"""`sfp-label export`: masks as PNG files in the PASCAL VOC folder layout, which mmsegmentation and
+most segmentation trainers read directly.
+
+    DIR/SegmentationClass/<image id without extension>.png   pixel = class index (255 = ignore)
+    DIR/ImageSets/Segmentation/<split>.txt                   the exported ids, one per line
+    DIR/classes.txt                                          class names, line i = class i
+
+Images stay where they are: point the trainer's image folder at the input.
+"""
+
+from __future__ import annotations
+
+import io
+import posixpath
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pipeline import STATUS_OK, LabelledOutput, OutputError, mask_dtype_for
+
+LABEL_DIR = "SegmentationClass"
+SPLIT_DIR = "ImageSets/Segmentation"
+CLASSES_FILE = "classes.txt"
+IGNORE_INDEX = 255  # the usual pseudo-label ignore index (VOC, mmseg, torchvision)
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    exported: int
+    skipped_errors: int
+    ignored_pixels: int
+    directory: Path
+    split_file: Path
+
+    def one_line(self) -> str:
+        ignored = f", {self.ignored_pixels} pixels set to ignore" if self.ignored_pixels else ""
+        skipped = f", {self.skipped_errors} error rows skipped" if self.skipped_errors else ""
+        return f"exported {self.exported} masks to {self.directory}{ignored}{skipped} (ids in {self.split_file})"
+
+
+def _check_ignore_index(ignore_index: int, classes: int) -> None:
+    dtype = np.dtype(mask_dtype_for(classes))
+    largest = int(np.iinfo(dtype).max)
+    if not classes <= ignore_index <= largest:
+        raise OutputError(
+            f"ignore index {ignore_index} must lie in {classes}..{largest}: not a class of the {classes} classes "
+            f"and inside the masks' {dtype.itemsize * 8}-bit range"
+        )
+
+
+def _ignore_low_confidence(
+    mask_png: bytes, confidence_png: bytes, below: float, ignore_index: int
+) -> tuple[bytes, int]:
+    """The mask with pixels whose stored confidence (max probability x 255) is below `below` set to ignore."""
+    mask = np.array(Image.open(io.BytesIO(mask_png)))
+    confidence = np.array(Image.open(io.BytesIO(confidence_png)))
+    low = confidence.astype(np.float32) < below * 255.0
+    mask[low] = ignore_index
+    buffer = io.BytesIO()
+    Image.fromarray(mask).save(buffer, format="PNG")
+    return buffer.getvalue(), int(low.sum())
+
+
+def export(
+    output: LabelledOutput,
+    directory: Path,
+    *,
+    ignore_below: float | None = None,
+    ignore_index: int = IGNORE_INDEX,
+    split: str = "train",
+) -> ExportReport:
+    """Write every ok row's mask; error rows have no mask and are counted, not exported."""
+    names = output.class_names()
+    if names is None:
+        raise OutputError(f"{output.uri}: no run manifest names the classes; was it written by sfp-label?")
+    if ignore_below is not None:
+        _check_ignore_index(ignore_index, len(names))
+    columns = ["image_id", "status", "mask_png"] + (["confidence_png"] if ignore_below is not None else [])
+    labels = directory / LABEL_DIR
+    exported: dict[str, str] = {}
+    skipped = ignored = 0
+    for batch in output.batches(columns):
+        for row in batch.to_pylist():
+            if row["status"] != STATUS_OK or row["mask_png"] is None:
+                skipped += 1
+                continue
+            stem = posixpath.splitext(row["image_id"])[0]
+            if stem in exported:
+                raise OutputError(f"images {exported[stem]!r} and {row['image_id']!r} would both export as {stem}.png")
+            exported[stem] = row["image_id"]
+            png = row["mask_png"]
+            if ignore_below is not None:
+                if row["confidence_png"] is None:
+                    raise OutputError(
+                        f"{output.uri}: {row['image_id']} has no stored confidence; --ignore-below needs a run "
+                        "with output.confidence: true"
+                    )
+                png, low = _ignore_low_confidence(png, row["confidence_png"], ignore_below, ignore_index)
+                ignored += low
+            target = labels / f"{stem}.png"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(png)
+    split_file = directory / SPLIT_DIR / f"{split}.txt"
+    split_file.parent.mkdir(parents=True, exist_ok=True)
+    split_file.write_text("".join(f"{stem}\n" for stem in sorted(exported)), encoding="utf-8")
+    (directory / CLASSES_FILE).write_text("".join(f"{name}\n" for name in names), encoding="utf-8")
+    return ExportReport(len(exported), skipped, ignored, directory, split_file)

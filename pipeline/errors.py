@@ -1,0 +1,48 @@
+"""The pipeline's errors, placed in sfp_core's hierarchy (user / retryable / busy), and Ray's wrapper removed.
+
+The CLI maps only the three base classes to exit codes; these subclasses say
+what went wrong in words a user can act on.
+"""
+
+from __future__ import annotations
+
+from sfp_core import BusyError, RetryableError, UserError
+
+
+class InputNotFound(UserError, FileNotFoundError):
+    """The input location does not exist."""
+
+
+class OutputNotADirectory(UserError):
+    """The output location exists and is a file: a run writes a folder of files there."""
+
+
+class StorageAccessDenied(UserError, PermissionError):
+    """The storage refused these credentials (missing, wrong or without permission)."""
+
+
+class StorageUnavailable(RetryableError, RuntimeError):
+    """Storage kept failing transiently for longer than the retry policy's patience."""
+
+
+class LeaseHeld(BusyError, RuntimeError):
+    """Another run holds the output's lease (or just took it)."""
+
+
+class LeaseLost(RetryableError, RuntimeError):
+    """The lease expired and another run took it over while this run was still writing."""
+
+
+def unwrap_task_error(exc: BaseException) -> BaseException:
+    """The exception a Ray task or actor raised, without Ray's wrapper (whose text is Ray's own hints).
+
+    Ray keeps the original in `cause`; wrappers may nest (a task error inside
+    an actor error), so this follows the chain to the innermost one.
+    """
+    seen = 0
+    while seen < 8:
+        cause = getattr(exc, "cause", None)
+        if not isinstance(cause, BaseException) or cause is exc:
+            return exc
+        exc, seen = cause, seen + 1
+    return exc

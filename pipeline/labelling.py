@@ -1,0 +1,324 @@
+"""`label(request)`: wires source -> decode -> predict -> encode -> sink into one streaming Ray Data job,
+under the output's lease, with a manifest per run (docs/design.md, "Data flow")."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pyarrow.fs as pafs
+import ray
+from ray.data import DataContext
+
+from sfp_core import SFPLabelError, check_weights
+
+from .decode import decode_batch
+from .encode import encode_batch
+from .errors import InputNotFound, OutputNotADirectory, StorageAccessDenied, unwrap_task_error
+from .lease import OutputLease
+from .output import (
+    Manifest,
+    RunSummary,
+    iso,
+    manifest_path,
+    new_run_id,
+    package_versions,
+)
+from .output.manifest import InputRecord, ModelRecord, OutputRecord, ResourcesRecord, VocabularyRecord
+from .predict import SFPPredictor
+from .request import LabelRequest
+from .resume import drop_existing, existing_ids
+from .retry import Retry, is_access_denied
+from .settings import StageSettings
+from .sink import StagedParquetSink, commit_overwrite, remove_staging
+from .source import list_images, read_files
+from .storage import Location, Redactor, fsspec_options, public_options, public_uri, redacted_logs
+
+log = logging.getLogger("pipeline")
+
+# CPU stages are short and partly I/O-bound, so they ask for half a CPU; a
+# resource shape unlike the predictor's also keeps Ray from fusing decoding
+# into the actor, where the model would wait for it.
+CPU_TASK_CPUS = 0.5
+ACTOR_CPUS = 1.0
+DECODE_BATCH = 16
+# A killed actor is replaced (Ray restarts it: one model load) and its batch retried; a batch that
+# kills its actor this many times fails the run instead of looping (Ray Data's default is forever).
+ACTOR_TASK_RETRIES = 3
+
+
+@dataclass(frozen=True)
+class _Run:
+    """One run of a request: its id, where it reads and writes, and how it retries and redacts."""
+
+    request: LabelRequest
+    run_id: str
+    started: float
+    source: Location
+    output: Location
+    redact: Redactor
+    retry: Retry
+
+    @classmethod
+    def start(cls, request: LabelRequest) -> _Run:
+        options = (request.input.storage_options, request.output.storage_options, request.model.storage_options)
+        uris = (request.input.uri, request.output.uri, request.model.weights)
+        return cls(
+            request=request,
+            run_id=new_run_id(),
+            started=time.time(),
+            source=Location.parse(request.input.uri, dict(request.input.storage_options)),
+            output=Location.parse(request.output.uri, dict(request.output.storage_options)),
+            redact=Redactor.for_options(*(dict(o) for o in options), uris=uris),
+            retry=Retry(patience_s=request.output.storage_retry_s),
+        )
+
+    def manifest(self) -> Manifest:
+        request, config = self.request, self.request.config
+        return Manifest(
+            run_id=self.run_id,
+            run_name=request.run_name,
+            started_at=iso(self.started),
+            input=InputRecord(
+                uri=self.source.uri,
+                storage_options=public_options(dict(request.input.storage_options)),
+                extensions=list(request.input.extensions),
+            ),
+            output=OutputRecord(
+                uri=self.output.uri,
+                storage_options=public_options(dict(request.output.storage_options)),
+                mode=request.output.mode,
+                confidence=request.output.confidence,
+                rows_per_file=request.output.rows_per_file,
+            ),
+            model=ModelRecord(
+                arch=request.model.arch,
+                weights=public_uri(request.model.weights),
+                weights_sha256=request.model.weights_sha256,
+            ),
+            vocabulary=VocabularyRecord(
+                classes=[list(c) for c in request.vocabulary.classes], fingerprint=request.vocabulary.fingerprint()
+            ),
+            config=config.to_dict(),
+            config_hash=config.config_hash(),
+            resources=ResourcesRecord(
+                actors=list(request.resources.actors),
+                gpus_per_actor=request.resources.gpus_per_actor,
+                batch_size=request.resources.batch_size,
+            ),
+            max_pixels=request.resources.max_pixels,
+            versions=package_versions(),
+        )
+
+    def summary(self, sink: StagedParquetSink, total: int, pending: int) -> RunSummary:
+        ended = time.time()
+        written = sum(f.rows for f in sink.written)
+        ok = sum(f.ok for f in sink.written)
+        return RunSummary(
+            run_id=self.run_id,
+            run_name=self.request.run_name,
+            input_uri=self.source.uri,
+            output_uri=self.output.uri,
+            mode=self.request.output.mode,
+            ok=ok,
+            error=written - ok,
+            skipped=total - pending,
+            total=total,
+            seconds=round(ended - self.started, 3),
+            images_per_second=round(written / (ended - self.started), 3),
+            manifest_uri=self.output.uri_of(manifest_path(self.output, self.run_id)),
+            config_hash=self.request.config.config_hash(),
+            files=tuple(sorted(f.name for f in sink.written)),
+        )
+
+
+def label(request: LabelRequest) -> RunSummary:
+    """Label every image of `request.input` with SFP, one Parquet row per image under `request.output`.
+
+    `incremental` skips image ids already in the output and commits each
+    finished file at once (a killed run loses at most the files in flight);
+    `overwrite` stages the whole run and swaps it in only when it succeeds.
+    Storage calls ride out outages of `output.storage_retry_s` seconds each.
+    Raises a `UserError` for what the request got wrong, a `RetryableError`
+    for storage or cluster trouble, `LeaseHeld` when another run writes the
+    output.
+    """
+    run = _Run.start(request)
+    _check_before_starting(run)
+    manifest = run.manifest()
+    with redacted_logs(run.redact), OutputLease(run.output, request.run_name or run.run_id, retry=run.retry) as lease:
+        remove_staging(run.output, run.retry)  # what dead runs left staged
+        manifest.write(run.output, run.redact, run.retry)
+        sink = StagedParquetSink(
+            run.output,
+            run.run_id,
+            commit_each_file=request.incremental,
+            rows_per_file=request.output.rows_per_file,
+            claim=lease.claim,
+            retry=run.retry,
+        )
+        try:
+            pending, total = _label_todo(run, sink)
+            _commit(run, lease, sink, pending)
+        except BaseException as exc:
+            cause = _user_facing(exc, run)
+            _record_failure(run, manifest, cause, sink)
+            if cause is exc:
+                raise
+            raise cause from exc
+        summary = run.summary(sink, total, pending)
+        manifest.succeeded(summary, time.time()).write(run.output, run.redact, run.retry)
+    line = run.redact(summary.one_line())
+    log.info(line)
+    if request.progress:
+        print(line, file=sys.stderr, flush=True)
+    return summary
+
+
+def _check_before_starting(run: _Run) -> None:
+    """What the request got wrong and can be known without Ray: found before the lease or any write."""
+    model = run.request.model
+    check_weights(model.arch, model.weights, storage_options=fsspec_options(model.weights, dict(model.storage_options)))
+    try:
+        kinds = [_kind(run, run.source, "input"), _kind(run, run.output, "output")]
+    except Exception as exc:
+        raise _user_facing(exc, run) from exc
+    if kinds[0] == pafs.FileType.NotFound:
+        raise InputNotFound(f"input {run.source.uri} does not exist; check input.uri")
+    if kinds[1] == pafs.FileType.File:
+        raise OutputNotADirectory(
+            f"output {run.output.uri} is a file; output.uri must name a folder (or prefix) for the run's files"
+        )
+
+
+def _kind(run: _Run, location: Location, role: str) -> pafs.FileType:
+    fs = location.filesystem()
+    return run.retry.call(f"looking at the {role} {location.uri}", lambda: fs.get_file_info(location.path).type)
+
+
+def _label_todo(run: _Run, sink: StagedParquetSink) -> tuple[int, int]:
+    """Run the stages over what is left to label; (images labelled, images in the input)."""
+    ensure_ray()
+    with _data_context(run.request.progress):
+        todo, total = _todo(run)
+        pending = todo.count()
+        if pending:
+            settings = StageSettings.derive(run.request, run.run_id, ray.cluster_resources().get("CPU", 1))
+            _stages(todo, run, settings).write_datasink(sink, ray_remote_args={"num_cpus": CPU_TASK_CPUS})
+    return pending, total
+
+
+def _commit(run: _Run, lease: OutputLease, sink: StagedParquetSink, pending: int) -> None:
+    written = sum(f.rows for f in sink.written)
+    if written != pending:
+        raise RuntimeError(f"wrote {written} rows for {pending} images; not committing a run that lost rows")
+    lease.check()
+    if not run.request.incremental:
+        lease.claim.verify(run.retry)
+        commit_overwrite(run.output, run.run_id, sink.written, run.retry)
+    remove_staging(run.output, run.retry, run.run_id)
+
+
+def _todo(run: _Run) -> tuple[ray.data.Dataset, int]:
+    """The images this run labels, and how many the input holds.
+
+    The listing is materialised in the object store (paths only, never in
+    the driver) so it is taken once and counted exactly; incremental runs
+    then drop the ids the output already has.
+    """
+    listed = list_images(run.source, run.request.input.extensions, CPU_TASK_CPUS, run.retry).materialize()
+    todo = listed
+    if run.request.incremental:
+        existing = ray.remote(existing_ids).options(num_cpus=CPU_TASK_CPUS).remote(run.output, run.retry)
+        todo = listed.map_batches(
+            drop_existing,
+            batch_format="pyarrow",
+            batch_size=None,
+            num_cpus=CPU_TASK_CPUS,
+            fn_kwargs={"existing": existing},
+        ).materialize()
+    return todo, listed.count()
+
+
+def _stages(todo: ray.data.Dataset, run: _Run, settings: StageSettings) -> ray.data.Dataset:
+    """read bytes -> decode and resize (CPU tasks) -> SFP (actor pool) -> PNG encode (CPU tasks)."""
+    cpu = {"batch_format": "pyarrow", "num_cpus": CPU_TASK_CPUS}
+    resources = run.request.resources
+    reading = {"location": run.source, "redact": run.redact, "retry": run.retry}
+    return (
+        # Small blocks first, so many decode tasks feed the actors rather than one per listing block.
+        todo.repartition(target_num_rows_per_block=DECODE_BATCH)
+        .map_batches(read_files, batch_size=DECODE_BATCH, fn_kwargs=reading, **cpu)
+        .map_batches(decode_batch, batch_size=DECODE_BATCH, fn_kwargs={"settings": settings.decode}, **cpu)
+        .map_batches(
+            SFPPredictor,
+            batch_size=resources.batch_size,
+            batch_format="pyarrow",
+            fn_constructor_args=(settings.predictor,),
+            concurrency=resources.actors,
+            num_cpus=ACTOR_CPUS,
+            num_gpus=resources.gpus_per_actor,
+            max_restarts=-1,
+            max_task_retries=ACTOR_TASK_RETRIES,
+        )
+        .map_batches(encode_batch, batch_size=None, fn_kwargs={"settings": settings.encode}, **cpu)
+    )
+
+
+def _user_facing(exc: BaseException, run: _Run) -> BaseException:
+    """The error to raise: our own one from inside Ray's wrapper, or refused credentials said plainly."""
+    cause = unwrap_task_error(exc)
+    if isinstance(cause, SFPLabelError):
+        return cause
+    if is_access_denied(cause):
+        return StorageAccessDenied(
+            f"access denied by the storage of {run.source.uri} or {run.output.uri} "
+            f"({run.redact(_root_cause(cause))}); check the credentials in the environment"
+        )
+    return exc
+
+
+def _root_cause(exc: BaseException) -> str:
+    """One line: the exception type and the last line of its message (Ray wraps the cause's traceback)."""
+    lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[-1] if lines else ''}".rstrip(": ")
+
+
+def _record_failure(run: _Run, manifest: Manifest, exc: BaseException, sink: StagedParquetSink) -> None:
+    """Mark the run failed in its manifest and drop its staging; files already committed (incremental)
+    are listed, they stay valid. Best effort: the next run clears what is left."""
+    retry = run.retry.brief()
+    files = [f.name for f in sink.written] if sink.commit_each_file else []
+    try:
+        manifest.failed(_root_cause(exc), files, time.time()).write(run.output, run.redact, retry)
+        remove_staging(run.output, retry, run.run_id)
+    except Exception as record_exc:  # the run's own error is the one to raise
+        log.warning("could not record the failed run %s: %s", run.run_id, run.redact(str(record_exc)))
+
+
+def ensure_ray() -> None:
+    """Use the running Ray; else join RAY_ADDRESS's cluster; else start a local one (never a stale cluster)."""
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()
+    else:
+        ray.init(address="local", include_dashboard=False)
+
+
+@contextlib.contextmanager
+def _data_context(progress: bool) -> Iterator[None]:
+    """Progress bars as asked; a stage's own exception (e.g. StorageUnavailable) rather than Ray's wrapper."""
+    ctx = DataContext.get_current()
+    saved = ctx.enable_progress_bars, ctx.raise_original_map_exception
+    ctx.enable_progress_bars, ctx.raise_original_map_exception = progress, True
+    try:
+        yield
+    finally:
+        ctx.enable_progress_bars, ctx.raise_original_map_exception = saved

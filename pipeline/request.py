@@ -1,0 +1,120 @@
+"""`LabelRequest`: one frozen, validated description of a labelling run.
+
+Built once (by the job layer from a job file, or directly by Python users).
+The value rules of every section live here and nowhere else: the job file's
+schema (`jobs.jobfile.spec`) is these same models with job-only keys added,
+so a job file and a Python caller are refused by the same rule, with the
+same dotted field name. The stages get their own typed settings, derived
+from the request in one place (`settings.py`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from sfp_core import SFPConfig, Vocabulary
+
+from .output import DEFAULT_MAX_PIXELS
+
+MODES: tuple[str, ...] = ("incremental", "overwrite")
+DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png")
+
+
+class RequestSection(BaseModel):
+    """A section of a request: frozen, unknown keys refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Source(RequestSection):
+    """Where the images are: a local folder, file://, s3://bucket/prefix, gs://..., or one file."""
+
+    uri: str = Field(min_length=1, description="local folder, file://, s3://bucket/prefix, gs://...")
+    extensions: list[str] = Field(default=list(DEFAULT_EXTENSIONS), min_length=1)
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict, repr=False, description="fsspec options; never secrets"
+    )
+
+    @field_validator("extensions")
+    @classmethod
+    def _normalise_extensions(cls, value: list[str]) -> list[str]:
+        """("JPG", ".png") -> ["jpg", "png"], in the order given, each once."""
+        cleaned = [ext.strip().lstrip(".").lower() for ext in value]
+        if any(not ext for ext in cleaned):
+            raise ValueError("extensions must be non-empty names such as jpg or png")
+        return list(dict.fromkeys(cleaned))
+
+
+class Destination(RequestSection):
+    """Where the rows go and how: skip what is there (`incremental`) or replace it (`overwrite`)."""
+
+    uri: str = Field(min_length=1, description="local folder, file://, s3://bucket/prefix, gs://...")
+    mode: Literal["incremental", "overwrite"] = "incremental"
+    confidence: bool = Field(False, description="also store the per-pixel confidence PNG")
+    rows_per_file: int = Field(1000, ge=1, description="rows in one committed data file")
+    storage_retry_s: float = Field(120.0, ge=0, allow_inf_nan=False, description="ride out storage outages")
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict, repr=False, description="fsspec options; never secrets"
+    )
+
+    @property
+    def incremental(self) -> bool:
+        return self.mode == "incremental"
+
+
+class ModelChoice(RequestSection):
+    """Which CLIP: an open_clip architecture and weights (tag | file | fsspec URI | "random")."""
+
+    arch: str = Field("ViT-B-16", min_length=1)
+    weights: str = Field("openai", min_length=1, description="open_clip tag | file | fsspec URI | random")
+    weights_sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict, repr=False, description="for a weights URI; as in input"
+    )
+
+
+class Resources(RequestSection):
+    """How much of the cluster the run uses."""
+
+    actors: tuple[int, int] = Field((1, 1), description="actor-pool size: [min, max], or one number")
+    gpus_per_actor: float = Field(0.0, ge=0.0, allow_inf_nan=False, description="0 = CPU actors")
+    batch_size: int = Field(8, ge=1)
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="images with more pixels get an error row")
+
+    @field_validator("actors", mode="before")
+    @classmethod
+    def _fixed_pool(cls, value: Any) -> Any:
+        return (value, value) if isinstance(value, int) else value
+
+    @field_validator("actors")
+    @classmethod
+    def _ordered(cls, value: tuple[int, int]) -> tuple[int, int]:
+        low, high = value
+        if low < 1 or high < low:
+            raise ValueError(f"actors must be [min, max] with 1 <= min <= max, got [{low}, {high}]")
+        return value
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.gpus_per_actor > 0 else "cpu"
+
+
+class LabelRequest(BaseModel):
+    """Everything one `label` run needs; see docs/design.md ("The run request")."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    input: Source
+    output: Destination
+    vocabulary: Vocabulary
+    model: ModelChoice = Field(default_factory=ModelChoice)
+    config: SFPConfig = Field(default_factory=SFPConfig)
+    resources: Resources = Field(default_factory=Resources)
+    run_name: str | None = None
+    progress: bool = True
+
+    @property
+    def incremental(self) -> bool:
+        return self.output.incremental

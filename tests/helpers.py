@@ -1,0 +1,87 @@
+"""Helpers shared by test modules: building label requests the short way, and outputs written by hand."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline import SCHEMA, Destination, LabelRequest, ModelChoice, Resources, RunSummary, Source
+from pipeline.encode import encode_png
+
+TESTS = Path(__file__).parent
+ROOT = TESTS.parent  # the checkout
+GOLDEN = TESTS / "data" / "golden"  # what the authors' code outputs for a tiny random CLIP
+GOLDEN_WEIGHTS = GOLDEN / "tiny_openai_clip.pt"
+TINY_ARCH = "SFP-Tiny-16"  # sfp_core's own test architecture: 12 blocks, width 128, patch 16, QuickGELU
+
+# Each section's fields by their flat keyword; "<section>_storage_options" names each storage_options.
+_SECTIONS: dict[str, tuple[type, tuple[str, ...]]] = {
+    "input": (Source, ("extensions",)),
+    "output": (Destination, ("mode", "confidence", "rows_per_file", "storage_retry_s")),
+    "model": (ModelChoice, ("arch", "weights", "weights_sha256")),
+    "resources": (Resources, ("actors", "gpus_per_actor", "batch_size", "max_pixels")),
+}
+_OPTIONS_KEYWORD = {"input": "input", "output": "output", "model": "weights", "resources": "resources"}
+
+
+def label_request(input_uri: str, output_uri: str, **options: Any) -> LabelRequest:
+    """A LabelRequest from flat keywords (`weights=`, `mode=`, `batch_size=`, ...), as the tests write them."""
+    sections: dict[str, dict[str, Any]] = {"input": {"uri": input_uri}, "output": {"uri": output_uri}}
+    sections.update(model={}, resources={})
+    for section, (_, names) in _SECTIONS.items():
+        for name in (*names, f"{_OPTIONS_KEYWORD[section]}_storage_options"):
+            if options.get(name) is not None:
+                sections[section][name.split("_", 1)[1] if name.endswith("storage_options") else name] = options.pop(
+                    name
+                )
+    built = {name: kind(**sections[name]) for name, (kind, _) in _SECTIONS.items()}
+    return LabelRequest(**built, **options)
+
+
+def run_label(input_uri: str, output_uri: str, **options: Any) -> RunSummary:
+    """`pipeline.label` of `label_request(...)`."""
+    from pipeline import label
+
+    return label(label_request(input_uri, output_uri, **options))
+
+
+NAMES = ["background", "cat", "dog", "car", "tree", "boat"]
+
+
+def ok_row(image_id: str, mask: np.ndarray, outliers: list[dict] | None = None, uri: str = "") -> dict:
+    ids, pixels = np.unique(mask, return_counts=True)
+    outliers = outliers or []
+    return {
+        "image_id": image_id, "uri": uri or f"file:///nowhere/{image_id}", "status": "ok", "error": None,
+        "width": mask.shape[1], "height": mask.shape[0], "mask_png": encode_png(mask),
+        "class_ids": ids.tolist(), "class_pixels": pixels.tolist(), "mean_confidence": 0.5, "confidence_png": None,
+        "outlier_count": len(outliers), "outlier_ratio": 0.01 * len(outliers),
+        "score_min": 0.2 if outliers else None, "score_mean": 0.3 if outliers else None,
+        "score_max": 0.4 if outliers else None, "windows": 1, "outliers": outliers,
+        "model": "SFP-Tiny-16:random", "config_hash": "c0ffee", "run_id": "run1",
+    }  # fmt: skip
+
+
+def error_row(image_id: str) -> dict:
+    row = {name: None for name in SCHEMA.names}
+    row.update(image_id=image_id, uri=f"file:///nowhere/{image_id}", status="error", error="truncated: test")
+    row.update(model="SFP-Tiny-16:random", config_hash="c0ffee", run_id="run1")
+    return row
+
+
+def write_output(root: Path, files: list[list[dict]], class_names: list[str] | None = NAMES) -> Path:
+    """An output folder as the pipeline commits it: Parquet files plus a run manifest naming the classes."""
+    root.mkdir(parents=True, exist_ok=True)
+    for number, rows in enumerate(files):
+        pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), root / f"part-{number}.parquet")
+    if class_names is not None:
+        (root / "_runs").mkdir()
+        manifest = {"run_id": "run1", "started_at": "2026-01-01T00:00:00Z", "model": {"arch": "SFP-Tiny-16"}}
+        manifest["vocabulary"] = {"classes": [[name] for name in class_names]}
+        (root / "_runs" / "run1.json").write_text(json.dumps(manifest))
+    return root

@@ -1,0 +1,260 @@
+"""`pipeline.label` end to end on local folders: exactly once, right sizes, same masks as the bare segmenter,
+incremental re-runs, a killed driver, overwrite without a mix."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import helpers
+import numpy as np
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+from helpers import run_label
+from PIL import Image, ImageOps
+
+from pipeline import SCHEMA, read_image_ids
+from sfp_core import SFPConfig, SFPSegmenter, Vocabulary
+
+pytestmark = pytest.mark.timeout(240)
+
+ARCH = "SFP-Tiny-16"
+GOLDEN_WEIGHTS = str(helpers.GOLDEN_WEIGHTS)
+CONFIG = SFPConfig(short_side=224)
+VOCAB = Vocabulary([["background", "sky"], ["cat"], ["dog"]])
+RUN = {"vocabulary": VOCAB, "arch": ARCH, "config": CONFIG, "progress": False}
+
+
+def read_output(path: Path):
+    return pads.dataset(str(path), format="parquet").to_table()
+
+
+def png(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)))
+
+
+def copy_images(root: Path, names: list[str], target: Path) -> None:
+    for name in names:
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(root / name, target / name)
+
+
+@pytest.fixture(scope="module")
+def labelled(ray_local, image_corpus, tmp_path_factory):
+    """The whole corpus labelled once (overwrite, with confidence maps, several files)."""
+    root, _ = image_corpus
+    output = tmp_path_factory.mktemp("labelled") / "out"
+    summary = run_label(
+        str(root), str(output), weights=GOLDEN_WEIGHTS, mode="overwrite", confidence=True, rows_per_file=5, **RUN
+    )
+    return summary, read_output(output), output
+
+
+def test_every_input_exactly_once_with_a_mask_or_a_reason(labelled, image_corpus):
+    summary, table, output = labelled
+    root, expected = image_corpus
+    rows = table.to_pylist()
+    ids = [row["image_id"] for row in rows]
+    assert len(ids) == len(set(ids)) and set(ids) == set(expected)
+    assert pads.dataset(str(output), format="parquet").schema.equals(SCHEMA)
+    for row in rows:
+        status, detail = expected[row["image_id"]]
+        assert row["status"] == status, row["image_id"]
+        assert row["uri"] == f"file://{root}/{row['image_id']}"
+        assert (row["model"], row["config_hash"], row["run_id"]) == (
+            f"{ARCH}:{GOLDEN_WEIGHTS}",
+            CONFIG.config_hash(),
+            summary.run_id,
+        )
+        if status == "error":
+            assert row["error"].startswith(f"{detail}: "), row
+            assert row["mask_png"] is None and row["confidence_png"] is None and row["outliers"] is None
+            continue
+        width, height = detail
+        assert row["error"] is None and (row["width"], row["height"]) == (width, height), row["image_id"]
+        mask, confidence = png(row["mask_png"]), png(row["confidence_png"])
+        assert mask.shape == confidence.shape == (height, width) and mask.dtype == confidence.dtype == np.uint8
+        ids_in_mask, areas = np.unique(mask, return_counts=True)
+        assert row["class_ids"] == ids_in_mask.tolist() and row["class_pixels"] == areas.tolist()
+        assert 0.0 < row["mean_confidence"] <= 1.0
+        assert abs(confidence.mean() / 255 - row["mean_confidence"]) < 0.01
+        assert row["outlier_count"] == len(row["outliers"]) and row["windows"] >= 1
+        for outlier in row["outliers"]:
+            assert 0 <= outlier["x0"] < outlier["x1"] <= width and 0 <= outlier["y0"] < outlier["y1"] <= height
+    errors = sum(1 for status, _ in expected.values() if status == "error")
+    assert (summary.ok, summary.error, summary.skipped, summary.total) == (len(expected) - errors, errors, 0, len(ids))
+
+
+def test_run_records_a_manifest_and_leaves_no_staging(labelled):
+    summary, table, output = labelled
+    assert not (output / "_staging").exists() and not (output / "_lock.json").exists()
+    manifest = json.loads((output / "_runs" / f"{summary.run_id}.json").read_text())
+    assert summary.manifest_uri == f"file://{output}/_runs/{summary.run_id}.json"
+    assert manifest["status"] == "succeeded"
+    assert manifest["counts"] == {"ok": summary.ok, "error": summary.error, "skipped": 0, "total": summary.total}
+    assert manifest["config"] == CONFIG.to_dict() and manifest["config_hash"] == CONFIG.config_hash()
+    assert manifest["images_per_second"] > 0 and manifest["ended_at"] >= manifest["started_at"]
+    assert {"python", "torch", "ray", "pyarrow", "open_clip_torch", "sfp-label"} <= set(manifest["versions"])
+    assert sorted(manifest["files"]) == sorted(p.name for p in output.glob("*.parquet")) == list(summary.files)
+    assert len(summary.files) >= 2  # rows_per_file=5: several files, each complete
+    assert sum(pq.read_metadata(output / name).num_rows for name in summary.files) == table.num_rows
+
+
+def test_masks_equal_the_segmenter_in_one_process(labelled, image_corpus):
+    _, table, _ = labelled
+    root, expected = image_corpus
+    ok_ids = sorted(i for i, (status, _) in expected.items() if status == "ok")
+    images = []
+    for image_id in ok_ids:
+        image = ImageOps.exif_transpose(Image.open(root / image_id))
+        if image.mode.startswith("I"):  # 16-bit grey: the top byte
+            grey = (np.asarray(image).astype(np.uint32) >> 8).astype(np.uint8)
+            images.append(np.repeat(grey[:, :, None], 3, axis=2))
+        else:
+            images.append(np.array(image.convert("RGB")))
+    segmenter = SFPSegmenter.from_pretrained(ARCH, GOLDEN_WEIGHTS, VOCAB, CONFIG)
+    results = segmenter.segment(images)
+    rows = {row["image_id"]: row for row in table.to_pylist()}
+    for image_id, result in zip(ok_ids, results, strict=True):
+        row = rows[image_id]
+        assert np.array_equal(png(row["mask_png"]), result.mask), image_id
+        # Batched with other images, the float sums differ in the last bits: a quantisation step at most.
+        quantised = np.rint(result.confidence * 255).astype(np.int16)
+        assert np.abs(png(row["confidence_png"]).astype(np.int16) - quantised).max() <= 1
+        assert row["outlier_count"] == result.stats.outlier_count
+        assert row["class_pixels"] == [result.stats.class_pixels[c] for c in row["class_ids"]]
+        assert [(o["window"], o["row"], o["col"]) for o in row["outliers"]] == [
+            (o.window, o.row, o.col) for o in result.outliers
+        ]
+
+
+def test_incremental_runs_label_only_new_images(ray_local, image_corpus, tmp_path):
+    root, expected = image_corpus
+    names = sorted(expected)
+    source, output = tmp_path / "in", tmp_path / "out"
+    copy_images(root, names[:6], source)
+    first = run_label(str(source), str(output), weights="random", mode="incremental", rows_per_file=4, **RUN)
+    assert (first.ok + first.error, first.skipped) == (6, 0)
+
+    copy_images(root, names[6:9], source)
+    second = run_label(str(source), str(output), weights="random", mode="incremental", **RUN)
+    assert (second.ok + second.error, second.skipped, second.total) == (3, 6, 9)
+    assert {row["run_id"] for row in read_output(output).to_pylist() if row["image_id"] in names[6:9]} == {
+        second.run_id
+    }
+
+    third = run_label(str(source), str(output), weights="random", mode="incremental", **RUN)
+    assert (third.ok + third.error, third.skipped, third.files) == (0, 9, ())
+    ids = read_output(output).column("image_id").to_pylist()
+    assert sorted(ids) == sorted(names[:9]) and read_image_ids(str(output)) == set(names[:9])
+
+
+def test_overwrite_swaps_the_output_and_readers_never_see_a_mix(ray_local, image_corpus, tmp_path):
+    root, expected = image_corpus
+    names = sorted(n for n, (status, _) in expected.items() if status == "ok")
+    source, output = tmp_path / "in", tmp_path / "out"
+    copy_images(root, names[:4], source)
+    old = run_label(str(source), str(output), weights="random", mode="overwrite", rows_per_file=1, **RUN)
+    shutil.rmtree(source)
+    copy_images(root, names[4:10], source)
+
+    snapshots: list[set[str]] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                runs = set(read_output(output).column("run_id").to_pylist())
+            except (OSError, ValueError):  # a file deleted between listing and reading: look again
+                continue
+            snapshots.append(runs)
+
+    watcher = threading.Thread(target=reader, daemon=True)
+    watcher.start()
+    try:
+        new = run_label(str(source), str(output), weights="random", mode="overwrite", rows_per_file=1, **RUN)
+    finally:
+        stop.set()
+        watcher.join()
+    assert snapshots and all(len(runs) <= 1 for runs in snapshots), [s for s in snapshots if len(s) > 1][:3]
+    assert {old.run_id} in snapshots
+    table = read_output(output)
+    assert set(table.column("run_id").to_pylist()) == {new.run_id}
+    assert sorted(table.column("image_id").to_pylist()) == names[4:10]
+
+    before = sorted(p.name for p in output.glob("*.parquet"))
+    with pytest.raises(Exception, match="sha256"):
+        run_label(str(source), str(output), weights=GOLDEN_WEIGHTS, weights_sha256="0" * 64, mode="overwrite", **RUN)
+    assert sorted(p.name for p in output.glob("*.parquet")) == before  # a failed overwrite changes nothing
+    failed = [json.loads(p.read_text()) for p in (output / "_runs").glob("*.json")]
+    assert [m["status"] for m in failed].count("failed") == 1
+    assert not (output / "_staging").exists() and not (output / "_lock.json").exists()
+
+
+def test_killed_driver_then_incremental_rerun_is_exactly_once(ray_local, image_corpus, tmp_path):
+    root, _ = image_corpus
+    source, output = tmp_path / "in", tmp_path / "out"
+    source.mkdir()
+    names = [f"copy_{i:02d}.jpg" for i in range(40)]
+    for name in names:
+        shutil.copy(root / "rgb.jpg", source / name)
+    driver = textwrap.dedent(
+        f"""
+        from pipeline import Destination, LabelRequest, ModelChoice, Resources, Source, label
+        from sfp_core import SFPConfig, Vocabulary
+        label(LabelRequest(
+            input=Source(uri={str(source)!r}),
+            output=Destination(uri={str(output)!r}, mode="incremental", rows_per_file=2),
+            vocabulary=Vocabulary({[list(c) for c in VOCAB.classes]!r}),
+            model=ModelChoice(arch={ARCH!r}, weights="random"),
+            config=SFPConfig(short_side=224),
+            resources=Resources(batch_size=2),
+            progress=False,
+        ))
+        """
+    )
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
+    process = subprocess.Popen(
+        [sys.executable, "-c", driver], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 150
+    while not list(output.glob("part-*.parquet")):
+        assert process.poll() is None, process.stderr.read().decode()[-3000:]
+        assert time.monotonic() < deadline, "the driver committed nothing in time"
+        time.sleep(0.2)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    committed = read_image_ids(str(output))
+    assert 0 < len(committed) < len(names), "the driver was not killed midway"
+    (dead_run,) = [p.name for p in (output / "_staging").iterdir()]
+    half = output / "_staging" / dead_run / "part-half-written.parquet"
+    half.write_bytes(next(output.glob("part-*.parquet")).read_bytes()[:300])  # as if cut off mid-write
+    assert sorted(read_output(output).column("image_id").to_pylist()) == sorted(committed)  # staged files: not data
+
+    summary = run_label(str(source), str(output), weights="random", mode="incremental", **RUN)
+    ids = read_output(output).column("image_id").to_pylist()
+    assert sorted(ids) == names  # every image exactly once: no duplicates, none missing
+    assert summary.skipped == len(committed) and summary.ok == len(names) - len(committed)
+    statuses = sorted(json.loads(p.read_text())["status"] for p in (output / "_runs").glob("*.json"))
+    assert statuses == ["running", "succeeded"]  # the killed run never finished its manifest
+    assert not (output / "_staging").exists()  # the dead run's staged files, the partial one too, are gone
+
+
+def test_empty_and_missing_inputs(ray_local, tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.txt").write_text("no images here")
+    summary = run_label(str(tmp_path / "empty"), str(tmp_path / "out"), weights="random", **RUN)
+    assert (summary.total, summary.ok, summary.error, summary.files) == (0, 0, 0, ())
+    assert (tmp_path / "out" / "_runs" / f"{summary.run_id}.json").exists()
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        run_label(str(tmp_path / "nowhere"), str(tmp_path / "out"), weights="random", **RUN)

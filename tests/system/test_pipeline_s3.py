@@ -1,0 +1,129 @@
+"""`pipeline.label` against a real S3 server (SeaweedFS): credentials required, every image once,
+incremental and overwrite on object storage, and no credential in anything a run writes or logs."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pytest
+from helpers import run_label
+from PIL import Image
+
+from pipeline import read_image_ids
+from sfp_core import SFPConfig, Vocabulary
+
+pytestmark = pytest.mark.timeout(300)
+
+RUN = {
+    "vocabulary": Vocabulary([["background", "sky"], ["cat"], ["dog"]]),
+    "arch": "SFP-Tiny-16",
+    "weights": "random",
+    "config": SFPConfig(short_side=224),
+}
+
+
+def upload(fs: pafs.FileSystem, root: Path, prefix: str) -> None:
+    for path in root.rglob("*"):
+        if path.is_file():
+            with fs.open_output_stream(f"{prefix}/{path.relative_to(root).as_posix()}") as stream:
+                stream.write(path.read_bytes())
+
+
+def objects(fs: pafs.FileSystem, prefix: str) -> dict[str, bytes]:
+    found = {}
+    for info in fs.get_file_info(pafs.FileSelector(prefix, recursive=True)):
+        if info.type == pafs.FileType.File:
+            with fs.open_input_stream(info.path) as stream:
+                found[info.path] = stream.read()
+    return found
+
+
+def test_unauthenticated_and_wrongly_signed_requests_are_refused(s3_server):
+    s3_server.create_bucket("sfp-private")
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(f"{s3_server.endpoint_url}/sfp-private?list-type=2", timeout=5)
+    assert info.value.code == 403
+    endpoint = s3_server.endpoint_url.removeprefix("http://")
+    anonymous = pafs.S3FileSystem(anonymous=True, endpoint_override=endpoint, scheme="http", region="us-east-1")
+    forged = pafs.S3FileSystem(
+        access_key=s3_server.access_key,
+        secret_key="not-the-secret",
+        endpoint_override=endpoint,
+        scheme="http",
+        region="us-east-1",
+    )
+    for fs in (anonymous, forged):
+        with pytest.raises(OSError, match=r"(?i)denied|forbidden|signature"):
+            fs.get_file_info(pafs.FileSelector("sfp-private", recursive=True))
+
+
+def test_s3_runs_label_every_image_once_and_leak_no_credentials(
+    ray_local, s3_server, image_corpus, capfd, caplog, tmp_path
+):
+    caplog.set_level(logging.DEBUG)
+    root, expected = image_corpus
+    fs = s3_server.filesystem()
+    for bucket in ("sfp-input", "sfp-output"):
+        s3_server.create_bucket(bucket)
+    upload(fs, root, "sfp-input/corpus")
+    where = s3_server.storage_options  # endpoint and region only: credentials come from the environment
+    # The output side also gets them as storage options, which must be redacted like the environment's.
+    output_options = {**where, "key": s3_server.access_key, "secret": s3_server.secret_key}
+    output = "s3://sfp-output/labels/corpus"
+    common = {"input_storage_options": where, "output_storage_options": output_options, **RUN}
+
+    first = run_label("s3://sfp-input/corpus", output, mode="incremental", confidence=True, rows_per_file=6, **common)
+    table = pads.dataset("sfp-output/labels/corpus", filesystem=fs, format="parquet").to_table()
+    ids = table.column("image_id").to_pylist()
+    assert len(ids) == len(set(ids)) and set(ids) == set(expected)
+    for row in table.to_pylist():
+        status, detail = expected[row["image_id"]]
+        assert row["status"] == status and row["uri"] == f"s3://sfp-input/corpus/{row['image_id']}"
+        if status == "ok":
+            mask = Image.open(io.BytesIO(row["mask_png"]))
+            assert mask.size == detail == (row["width"], row["height"])
+            assert np.asarray(Image.open(io.BytesIO(row["confidence_png"]))).shape == mask.size[::-1]
+        else:
+            assert row["error"].startswith(f"{detail}: ") and row["mask_png"] is None
+    assert (first.total, first.skipped, first.ok + first.error) == (len(expected), 0, len(expected))
+    assert first.output_uri == output and first.manifest_uri.startswith(f"{output}/_runs/")
+    manifest = json.loads(
+        objects(fs, "sfp-output/labels/corpus/_runs")[f"sfp-output/labels/corpus/_runs/{first.run_id}.json"]
+    )
+    assert manifest["status"] == "succeeded"
+    assert manifest["output"]["storage_options"] == {**where, "key": "<redacted>", "secret": "<redacted>"}
+    written = objects(fs, "sfp-output")  # the first run's files; the overwrite below replaces them
+
+    again = run_label("s3://sfp-input/corpus", output, mode="incremental", **common)
+    assert (again.skipped, again.ok + again.error, again.files) == (len(expected), 0, ())
+
+    subset = sorted(i for i, (status, _) in expected.items() if status == "ok")[:3]
+    fs.delete_dir_contents("sfp-input/subset", missing_dir_ok=True)
+    for image_id in subset:
+        fs.copy_file(f"sfp-input/corpus/{image_id}", f"sfp-input/subset/{image_id}")
+    replaced = run_label("s3://sfp-input/subset", output, mode="overwrite", **common)
+    assert read_image_ids(output, output_options) == set(subset)
+    table = pads.dataset("sfp-output/labels/corpus", filesystem=fs, format="parquet").to_table()
+    assert set(table.column("run_id").to_pylist()) == {replaced.run_id}
+    final = objects(fs, "sfp-output")
+    assert not [p for p in final if "/_staging/" in p or p.endswith("_lock.json")]
+    written.update(final)
+
+    # No credential in any object a run wrote, in what it printed or logged, or in Ray's session logs.
+    captured = capfd.readouterr()
+    texts = {"stdout": captured.out.encode(), "stderr": captured.err.encode(), "log": caplog.text.encode()}
+    texts.update(written)
+    logs = Path(ray_local._private.worker.global_worker.node.get_logs_dir_path())
+    texts.update({str(p): p.read_bytes() for p in logs.rglob("*") if p.is_file()})
+    assert len(written) >= 6 and len(texts) > len(written) + 3
+    for secret in (s3_server.secret_key, s3_server.access_key):
+        leaks = [name for name, data in texts.items() if secret.encode() in data]
+        assert not leaks, f"credential found in {leaks[:5]}"

@@ -1,0 +1,241 @@
+"""Storage outages: the S3 server (SeaweedFS, stopped and restarted by its pid) goes away mid-run.
+
+A short outage is ridden out (reads and writes retry with backoff) and the
+run finishes with every image exactly once; an outage longer than the
+run's patience fails the run with a message naming the URI, and the next
+incremental run completes the output. Outages never become error rows.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pytest
+from helpers import run_label
+from PIL import Image
+
+from pipeline import StorageUnavailable
+from pipeline.retry import Retry, is_transient
+from pipeline.source import read_files
+from pipeline.storage import Location, Redactor
+from sfp_core import SFPConfig, Vocabulary
+
+pytestmark = pytest.mark.timeout(180)
+
+IMAGES = [f"photo_{i:02d}.jpg" for i in range(40)]
+RUN = {
+    "vocabulary": Vocabulary([["background", "sky"], ["cat"], ["dog"]]),
+    "arch": "SFP-Tiny-16",
+    "weights": "random",
+    "config": SFPConfig(short_side=448),  # slow enough (~10 s on 2 cores) for an outage to land mid-run
+    "batch_size": 2,
+    "rows_per_file": 2,  # a commit every two images: the outage hits writes in flight
+    "progress": False,
+}
+OUTAGE_S = 3.0
+
+
+@pytest.fixture(scope="module")
+def flaky_s3(tmp_path_factory, s3_credentials):
+    """This module's own SeaweedFS, so stopping it never disturbs other tests' server."""
+    from s3server import SeaweedS3
+
+    server = SeaweedS3.started(tmp_path_factory.mktemp("flaky-seaweedfs"), s3_credentials)
+    try:
+        for bucket in ("sfp-in", "sfp-out"):
+            server.create_bucket(bucket)
+        fs = server.filesystem()
+        gen = np.random.default_rng(3)
+        for name in IMAGES:
+            buffer = io.BytesIO()
+            Image.fromarray(gen.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(buffer, "JPEG")
+            with fs.open_output_stream(f"sfp-in/corpus/{name}") as stream:
+                stream.write(buffer.getvalue())
+        yield server
+    finally:  # stopped by its pid even when the setup above failed
+        server.stop()
+
+
+@pytest.fixture
+def server(flaky_s3):
+    """The module's server, running again after each test whatever the test did to it."""
+    yield flaky_s3
+    if flaky_s3.process is None or flaky_s3.process.poll() is not None:
+        flaky_s3.start()
+
+
+def options(server) -> dict:
+    return {"input_storage_options": server.storage_options, "output_storage_options": server.storage_options}
+
+
+def committed(server, prefix: str) -> list[str]:
+    selector = pafs.FileSelector(prefix, recursive=True, allow_not_found=True)
+    names = [info.path for info in server.filesystem().get_file_info(selector)]
+    return [n for n in names if n.endswith(".parquet") and "/_" not in n]
+
+
+def output_ids(server, prefix: str) -> list[str]:
+    table = pads.dataset(prefix, filesystem=server.filesystem(), format="parquet").to_table(columns=["image_id"])
+    return table.column("image_id").to_pylist()
+
+
+def in_background(fn: Callable[[], object]) -> tuple[threading.Thread, dict]:
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = fn()
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def wait_for_first_commit(server, prefix: str, thread: threading.Thread, outcome: dict) -> None:
+    deadline = time.monotonic() + 90
+    while not committed(server, prefix):
+        assert thread.is_alive(), outcome.get("error")
+        assert time.monotonic() < deadline, "the run committed nothing in time"
+        time.sleep(0.1)
+
+
+def test_only_outages_are_retried_and_patience_is_bounded():
+    """Which errors count as an outage, and how the backoff ends (no server needed)."""
+    outage = OSError("AWS Error NETWORK_CONNECTION during GetObject operation: curlCode: 7, Could not connect")
+    endpoint = type("EndpointConnectionError", (Exception,), {})("Could not connect to the endpoint URL")
+    for transient in (outage, ConnectionResetError(), TimeoutError(), endpoint, OSError("HTTP status 503")):
+        assert is_transient(transient), transient
+    for per_file in (FileNotFoundError("gone"), PermissionError("no"), OSError(40, "Too many levels"), ValueError()):
+        assert not is_transient(per_file), per_file
+
+    calls = []
+    quick = Retry(patience_s=0.3, first_delay_s=0.01, max_delay_s=0.05)
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise outage
+        return "bytes"
+
+    def missing() -> None:
+        calls.append(1)
+        raise FileNotFoundError("s3://b/k")
+
+    def down() -> None:
+        raise outage
+
+    assert quick.call("reading s3://b/k", flaky) == "bytes" and len(calls) == 3
+    with pytest.raises(FileNotFoundError):  # a file's own problem: raised at once, never retried
+        quick.call("reading s3://b/k", missing)
+    assert len(calls) == 4
+    started = time.monotonic()
+    with pytest.raises(StorageUnavailable, match=r"^storage unavailable while reading s3://b/k: gave up after \d+"):
+        quick.call("reading s3://b/k", down)
+    assert time.monotonic() - started < 2
+
+
+def test_reads_ride_out_an_outage_and_say_where_when_it_lasts(server):
+    """Per-file reads without Ray: through a 2 s outage the bytes arrive; past the patience, a clear error."""
+    location = Location.parse("s3://sfp-in/corpus", server.storage_options)
+    names = IMAGES[:3]
+    listing = pa.table(
+        {
+            "image_id": names,
+            "path": [f"sfp-in/corpus/{n}" for n in names],
+            "error": pa.nulls(len(names), pa.string()),
+        }
+    )
+    expected = [server.filesystem().open_input_stream(f"sfp-in/corpus/{n}").read() for n in names]
+
+    server.stop()
+    restart = threading.Timer(2.0, server.start)
+    restart.start()
+    started = time.monotonic()
+    out = read_files(listing, location=location, redact=Redactor(), retry=Retry(patience_s=60))
+    restart.join()
+    assert time.monotonic() - started >= 1.5  # it did wait for the server
+    assert out.column("data").to_pylist() == expected and out.column("error").null_count == len(names)
+
+    server.stop()
+    started = time.monotonic()
+    with pytest.raises(StorageUnavailable) as info:
+        read_files(listing, location=location, redact=Redactor(), retry=Retry(patience_s=2))
+    assert time.monotonic() - started < 30
+    message = str(info.value)
+    assert "while reading s3://sfp-in/corpus/photo_0" in message and "gave up after" in message
+    assert server.secret_key not in message and server.access_key not in message
+
+
+def test_a_short_outage_mid_run_is_ridden_out_and_every_image_lands_once(ray_local, server):
+    run, outcome = in_background(
+        lambda: run_label("s3://sfp-in/corpus", "s3://sfp-out/short", **options(server), **RUN)
+    )
+    wait_for_first_commit(server, "sfp-out/short", run, outcome)
+    server.stop()
+    assert run.is_alive(), "the run finished before the outage"
+    time.sleep(OUTAGE_S)
+    server.start()
+    run.join(timeout=120)
+    assert not run.is_alive() and "error" not in outcome, outcome.get("error")
+    summary = outcome["result"]
+    assert (summary.ok, summary.error, summary.total) == (len(IMAGES), 0, len(IMAGES))
+    assert sorted(output_ids(server, "sfp-out/short")) == IMAGES  # exactly once: no gaps, no duplicates
+
+
+def test_an_outage_past_the_patience_fails_clearly_and_the_next_run_completes(ray_local, server):
+    patience = 5.0
+    run, outcome = in_background(
+        lambda: run_label("s3://sfp-in/corpus", "s3://sfp-out/long", storage_retry_s=patience, **options(server), **RUN)
+    )
+    wait_for_first_commit(server, "sfp-out/long", run, outcome)
+    server.stop()
+    stopped = time.monotonic()
+    run.join(timeout=120)
+    assert not run.is_alive(), "the run hung on a storage outage"
+    assert time.monotonic() - stopped < 90  # bounded: the patience, then best-effort clean-up
+    error = outcome.get("error")
+    assert type(error) is StorageUnavailable, repr(error)  # ours, not Ray's wrapper with its hints
+    message = str(error)
+    assert message.startswith("storage unavailable while ") and " s3://sfp-out/long" in message  # root or a key
+    assert "gave up after" in message and f"patience {patience:g}s" in message
+    assert server.secret_key not in message and server.access_key not in message
+
+    server.start()
+    partial = set(output_ids(server, "sfp-out/long"))
+    assert 0 < len(partial) < len(IMAGES)
+    again = run_label("s3://sfp-in/corpus", "s3://sfp-out/long", **options(server), **RUN)
+    assert (again.skipped, again.ok, again.error) == (len(partial), len(IMAGES) - len(partial), 0)
+    assert sorted(output_ids(server, "sfp-out/long")) == IMAGES
+    leftovers = server.filesystem().get_file_info(pafs.FileSelector("sfp-out/long/_staging", allow_not_found=True))
+    assert leftovers == []  # the failed run's staged files were cleared by the next run
+
+
+def test_the_cli_reports_an_outage_in_one_line_and_exits_4(tmp_path, monkeypatch, capsys):
+    """What `sfp-label run` prints when the storage stayed away: the message, no traceback, exit 4 (retry)."""
+    import jobs.jobfile.launch
+    from jobs.cli import main
+    from jobs.cli.exitcodes import ExitCode
+
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "input: {uri: s3://sfp-in/corpus}\noutput: {uri: s3://sfp-out/x}\n"
+        "model: {arch: SFP-Tiny-16, weights: random}\nvocabulary: {classes: [cat, dog]}\n"
+    )
+    message = "storage unavailable while reading s3://sfp-in/corpus/a.jpg: gave up after 9 attempts over 121s"
+
+    def unreachable(*args, **kwargs):
+        raise StorageUnavailable(message)
+
+    monkeypatch.setattr(jobs.jobfile.launch, "run_job", unreachable)
+    assert main(["run", str(job), "--no-progress"]) == ExitCode.CRASH
+    err = capsys.readouterr().err
+    assert f"sfp-label: {message}\n" in err and "Traceback" not in err and "resumes" in err

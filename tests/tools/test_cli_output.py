@@ -1,0 +1,171 @@
+"""`sfp-label show` and `export` through the real entry point, on outputs written here with pyarrow."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from pipeline import SCHEMA
+
+SFP_LABEL = str(Path(sys.executable).parent / "sfp-label")
+CLASSES = [["background", "sky"], ["cat"], ["dog"]]
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return subprocess.run([SFP_LABEL, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=120)
+
+
+def png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def outlier(row: int, col: int, score: float) -> dict:
+    return {"window": 0, "window_y": 0, "window_x": 0, "row": row, "col": col, "score": score,
+            "x0": 0, "y0": 0, "x1": 16, "y1": 16}  # fmt: skip
+
+
+def ok_row(image_id: str, mask: np.ndarray, confidence: np.ndarray | None, outliers: list[dict]) -> dict:
+    ids, areas = np.unique(mask, return_counts=True)
+    return {
+        "image_id": image_id, "uri": f"file:///data/{image_id}", "status": "ok", "error": None,
+        "width": mask.shape[1], "height": mask.shape[0], "mask_png": png(mask),
+        "class_ids": ids.tolist(), "class_pixels": areas.tolist(),
+        "mean_confidence": float(confidence.mean() / 255) if confidence is not None else 0.5,
+        "confidence_png": png(confidence) if confidence is not None else None,
+        "outlier_count": len(outliers), "outlier_ratio": 0.1, "score_min": None, "score_mean": None,
+        "score_max": None, "windows": 1, "outliers": outliers, "model": "SFP-Tiny-16:random",
+        "config_hash": "abc", "run_id": "run-1",
+    }  # fmt: skip
+
+
+def error_row(image_id: str, error: str) -> dict:
+    return {name: None for name in SCHEMA.names} | {
+        "image_id": image_id, "uri": f"file:///data/{image_id}", "status": "error", "error": error,
+        "outlier_count": 0, "model": "SFP-Tiny-16:random", "config_hash": "abc", "run_id": "run-1",
+    }  # fmt: skip
+
+
+def write_output(root: Path, rows: list[dict], classes: list[list[str]] = CLASSES) -> Path:
+    """An output as the pipeline commits it: Parquet data files, a manifest, and staging that is not data."""
+    (root / "_runs").mkdir(parents=True)
+    (root / "_staging").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows[:2], schema=SCHEMA), root / "part-0.parquet")
+    pq.write_table(pa.Table.from_pylist(rows[2:], schema=SCHEMA), root / "part-1.parquet")
+    pq.write_table(pa.Table.from_pylist(rows[:1], schema=SCHEMA), root / "_staging" / "half-written.parquet")
+    manifest = {
+        "run_id": "run-1", "status": "succeeded", "started_at": "2026-01-01T00:00:00Z",
+        "vocabulary": {"classes": classes}, "model": {"arch": "SFP-Tiny-16", "weights": "random"},
+        "counts": {"ok": 2, "error": 1, "skipped": 0, "total": 3}, "images_per_second": 2.5, "config_hash": "abc",
+    }  # fmt: skip
+    (root / "_runs" / "run-1.json").write_text(json.dumps(manifest))
+    return root
+
+
+MASK_A = np.array([[0, 0, 2, 2], [0, 0, 2, 2], [0, 0, 0, 0]], np.uint8)
+CONF_A = np.array([[255, 200, 100, 30], [255, 200, 100, 30], [255, 255, 255, 0]], np.uint8)
+MASK_B = np.full((2, 3), 1, np.uint8)
+CONF_B = np.full((2, 3), 250, np.uint8)
+
+
+@pytest.fixture
+def output(tmp_path) -> Path:
+    rows = [
+        ok_row("a.jpg", MASK_A, CONF_A, [outlier(3, 4, 2.0), outlier(3, 4, 4.0), outlier(0, 1, 6.0)]),
+        ok_row("sub/b.png", MASK_B, CONF_B, [outlier(3, 4, 3.0)]),
+        error_row("broken.jpg", "not an image: cannot identify image file"),
+    ]
+    return write_output(tmp_path / "out", rows)
+
+
+def test_show_text(output):
+    result = cli("show", str(output))
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    assert "3 images, 2 ok, 1 error" in text
+    assert "not an image: cannot identify image file" in text
+    assert "classes present: 3 of 3" in text and "cat" in text and "dog" in text
+    assert "outliers: 4 in 2 images" in text
+    assert "(3,4) x3" in text
+    assert "run-1" in text and "succeeded" in text
+
+
+def test_show_json(output):
+    result = cli("show", str(output), "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["images"], summary["ok"], summary["error"]) == (3, 2, 1)  # staging rows are not counted
+    classes = {c["name"]: c for c in summary["classes"]}
+    assert classes["background"]["pixel_share"] == pytest.approx(8 / 18)
+    assert classes["cat"]["pixel_share"] == pytest.approx(6 / 18) and classes["cat"]["images"] == 1
+    assert classes["dog"]["images"] == 1
+    outliers = summary["outliers"]
+    assert outliers["total"] == 4 and outliers["images_with_outliers"] == 2
+    assert outliers["score_mean"] == pytest.approx(15 / 4) and outliers["score_max"] == pytest.approx(6.0)
+    assert outliers["top_positions"][0] == {"row": 3, "col": 4, "count": 3}
+    assert outliers["per_image"]["max"] == 3
+    assert summary["runs"][0]["ok"] == 2
+
+
+def test_export_writes_the_voc_layout(output, tmp_path):
+    target = tmp_path / "voc"
+    result = cli("export", str(output), str(target))
+    assert result.returncode == 0, result.stderr
+    assert "exported 2 masks" in result.stdout and "1 error rows skipped" in result.stdout
+    assert (target / "ImageSets" / "Segmentation" / "train.txt").read_text() == "a\nsub/b\n"
+    assert (target / "classes.txt").read_text() == "background\ncat\ndog\n"
+    np.testing.assert_array_equal(np.array(Image.open(target / "SegmentationClass" / "a.png")), MASK_A)
+    np.testing.assert_array_equal(np.array(Image.open(target / "SegmentationClass" / "sub" / "b.png")), MASK_B)
+
+
+def test_export_ignores_low_confidence_pixels(output, tmp_path):
+    target = tmp_path / "voc"
+    result = cli("export", str(output), str(target), "--ignore-below", "0.5", "--split", "pseudo")
+    assert result.returncode == 0, result.stderr
+    expected = np.where(CONF_A < 127.5, 255, MASK_A)
+    np.testing.assert_array_equal(np.array(Image.open(target / "SegmentationClass" / "a.png")), expected)
+    np.testing.assert_array_equal(np.array(Image.open(target / "SegmentationClass" / "sub" / "b.png")), MASK_B)
+    assert f"{int((CONF_A < 127.5).sum())} pixels set to ignore" in result.stdout
+    assert (target / "ImageSets" / "Segmentation" / "pseudo.txt").exists()
+
+
+def test_export_refusals(tmp_path, output):
+    no_confidence = write_output(tmp_path / "noconf", [ok_row("a.jpg", MASK_A, None, [])])
+    result = cli("export", str(no_confidence), str(tmp_path / "x"), "--ignore-below", "0.5")
+    assert result.returncode == 2 and "output.confidence: true" in result.stderr
+    result = cli("export", str(output), str(tmp_path / "x"), "--ignore-below", "0.5", "--ignore-index", "2")
+    assert result.returncode == 2 and "ignore index 2 must lie in 3..255" in result.stderr
+    result = cli("export", str(output), str(tmp_path / "x"), "--ignore-below", "1.5")
+    assert result.returncode == 2 and "not a probability" in result.stderr
+
+
+def test_export_sixteen_bit_masks(tmp_path):
+    classes = [[f"class{i}"] for i in range(300)]
+    mask = np.array([[0, 299], [256, 1]], np.uint16)
+    confidence = np.array([[10, 200], [200, 200]], np.uint8)
+    output = write_output(tmp_path / "big", [ok_row("big.jpg", mask, confidence, [])], classes)
+    result = cli("export", str(output), str(tmp_path / "x"), "--ignore-below", "0.5")
+    assert result.returncode == 2 and "300..65535" in result.stderr
+    result = cli("export", str(output), str(tmp_path / "x"), "--ignore-below", "0.5", "--ignore-index", "65535")
+    assert result.returncode == 0, result.stderr
+    exported = np.array(Image.open(tmp_path / "x" / "SegmentationClass" / "big.png"))
+    np.testing.assert_array_equal(exported, [[65535, 299], [256, 1]])
+
+
+def test_show_refusals(tmp_path):
+    result = cli("show", str(tmp_path / "nothing-here"))
+    assert result.returncode == 2 and "no such output folder" in result.stderr
+    result = cli("show", "s3://bucket/out", "-o", "secret=hunter2hunter2")
+    assert result.returncode == 2 and "credentials" in result.stderr and "hunter2hunter2" not in result.stderr
