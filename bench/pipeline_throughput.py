@@ -113,7 +113,7 @@ def child_bare(spec: dict) -> dict:
 def child_pipeline(spec: dict) -> dict:
     import ray
 
-    from pipeline import label
+    from pipeline import Destination, LabelRequest, ModelChoice, Resources, Source, label
     from sfp_core import SFPConfig, Vocabulary
 
     ray.init(address="local", include_dashboard=False, log_to_driver=False)
@@ -123,18 +123,16 @@ def child_pipeline(spec: dict) -> dict:
     before = PeakRSS.current()
     start = time.perf_counter()
     with PeakRSS() as rss:
-        summary = label(
-            str(corpus),
-            str(output),
+        request = LabelRequest(
+            input=Source(uri=str(corpus)),
+            output=Destination(uri=str(output), mode="overwrite"),
             vocabulary=Vocabulary(CLASSES),
-            arch=spec["arch"],
-            weights="random",
+            model=ModelChoice(arch=spec["arch"], weights="random"),
             config=SFPConfig(**spec["config"]),
-            mode="overwrite",
-            actors=(1, 1),
-            batch_size=spec["batch_size"],
+            resources=Resources(actors=(1, 1), batch_size=spec["batch_size"]),
             progress=False,
         )
+        summary = label(request)
     done = time.perf_counter()
     assert summary.ok == summary.total == spec["images"], summary
     return {

@@ -109,9 +109,7 @@ def find_secrets(data: Any, path: str = "") -> Iterator[tuple[str, str]]:
 
 def secret_values(*option_sets: Any) -> set[str]:
     """Every credential value in option mappings (recursively) and in the process environment."""
-    found = {
-        value for name, value in os.environ.items() if len(value) >= MIN_ENV_SECRET_LENGTH and is_secret_env(name)
-    }
+    found = {value for name, value in os.environ.items() if len(value) >= MIN_ENV_SECRET_LENGTH and is_secret_env(name)}
 
     def collect(value: Any, secret: bool) -> None:
         if isinstance(value, dict):

@@ -75,6 +75,8 @@ class SFPConfig(BaseModel):
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> SFPConfig:
         """The reference settings of a benchmark vocabulary (docs/algorithm.md section 8)."""
+        if not isinstance(name, str):
+            raise ValueError(f"an SFP preset is a name such as voc21, got {name!r}")
         key = name.lower().replace("-", "_")
         if key not in PRESETS:
             raise ValueError(f"unknown SFP preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from .errors import UserError
+
+# A vocabulary file larger than this is not a class list (200 classes with synonyms take a few kB).
+MAX_VOCABULARY_FILE_BYTES = 1 << 20
 
 # Masks store a class index per pixel: 8-bit up to 255 classes, so that value 255 stays free as the ignore
 # label of VOC / mmsegmentation exports; 16-bit above that (docs/design.md, "Rows").
@@ -23,6 +27,30 @@ def mask_dtype_for(num_classes: int) -> type[np.unsignedinteger]:
 
 class VocabularyError(UserError, ValueError):
     """The classes cannot be used: empty, a blank name, too many, or an unreadable file."""
+
+
+def read_small_text(path: Path, limit: int, what: str, error: type[Exception]) -> str:
+    """The UTF-8 text of a regular file of at most `limit` bytes; `error` naming the file otherwise.
+
+    Regular files only: a FIFO would block the reader forever and a device
+    (`/dev/zero`) would fill memory.
+    """
+    try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise error(f"{what} {path} is not a regular file")
+        if info.st_size > limit:
+            raise error(f"{what} {path} has {info.st_size} bytes; the limit is {limit}")
+        with path.open("rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+    if len(data) > limit:
+        raise error(f"{what} {path} is larger than {limit} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{what} {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
 
 
 class Vocabulary:
@@ -52,10 +80,8 @@ class Vocabulary:
 
     @classmethod
     def from_file(cls, path: str | Path) -> Vocabulary:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise VocabularyError(f"cannot read vocabulary file {path}: {exc.strerror or exc}") from exc
+        """One class per line, synonyms comma-separated; a regular UTF-8 file of at most 1 MiB."""
+        text = read_small_text(Path(path), MAX_VOCABULARY_FILE_BYTES, "vocabulary file", VocabularyError)
         try:
             return cls.from_lines(text.splitlines())
         except ValueError as exc:

@@ -3,6 +3,12 @@
 The order matters: interpolation and overrides happen before the credential
 check, so a secret cannot slip in through either, and before the schema, so
 the schema sees exactly what will run.
+
+A job file is untrusted input: a regular UTF-8 file of at most
+`MAX_JOB_FILE_BYTES`, plain YAML only (no anchors or aliases, so no alias
+bomb; no explicit `!!` tags), nested at most `MAX_DEPTH` deep. Whatever the
+YAML library makes of anything else is reported as a JobError, never a
+traceback.
 """
 
 from __future__ import annotations
@@ -18,20 +24,41 @@ import yaml
 from pydantic import ValidationError
 
 from pipeline import find_secrets, is_secret_name
+from sfp_core.vocabulary import read_small_text
 
 from .errors import JobError
 from .spec import JobSpec, describe_errors
 
 _ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+MAX_JOB_FILE_BYTES = 1 << 20  # a job file is a page of YAML, not a data set
+MAX_DEPTH = 32  # a job file nests four levels; storage options a few more
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys instead of keeping the last one."""
+    """SafeLoader without aliases, explicit tags, deep nesting or duplicate keys."""
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed", event.start_mark)
+        if getattr(event, "tag", None) not in (None, "!"):
+            raise yaml.composer.ComposerError(None, None, f"tags such as {event.tag} are not allowed", event.start_mark)
+        self._depth = getattr(self, "_depth", 0) + 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested deeper than {MAX_DEPTH} levels", self.peek_event().start_mark
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
     seen: set[Any] = set()
     for key_node, _ in node.value:
+        if not isinstance(key_node, yaml.ScalarNode):
+            raise yaml.constructor.ConstructorError(None, None, "mapping keys must be plain names", key_node.start_mark)
         key = loader.construct_object(key_node)
         if key in seen:
             raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
@@ -44,14 +71,21 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _c
 
 def parse_yaml(text: str, source: str) -> dict[str, Any]:
     """The job file's mapping, or a JobError saying where the YAML is broken."""
+    data = _load(text, source)
+    if not isinstance(data, dict):
+        raise JobError(source, [("", f"a job file is a YAML mapping, got {type(data).__name__}")])
+    return data
+
+
+def _load(text: str, source: str) -> Any:
     stream = io.StringIO(text)
     stream.name = source  # YAML errors then say "in <job file>, line 3"
     try:
         data = yaml.load(stream, Loader=_StrictLoader)  # a SafeLoader subclass: no arbitrary objects
     except yaml.YAMLError as exc:
         raise JobError(source, [("", f"not valid YAML: {exc}")]) from exc
-    if not isinstance(data, dict):
-        raise JobError(source, [("", f"a job file is a YAML mapping, got {type(data).__name__}")])
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:  # a scalar YAML could not build
+        raise JobError(source, [("", f"not a usable YAML value: {type(exc).__name__}: {exc}")]) from exc
     return data
 
 
@@ -96,8 +130,8 @@ def apply_override(data: dict[str, Any], assignment: str, issues: list[tuple[str
         issues.append((f"--set {assignment}", "expected dotted.key=value, e.g. --set model.weights=random"))
         return
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+        value = _load(raw, f"--set {key}") if raw.strip() else ""
+    except JobError:
         value = raw
     target = data
     for depth, part in enumerate(parts[:-1]):
@@ -113,9 +147,9 @@ def load_spec(path: str | Path, overrides: Sequence[str] = (), environ: Mapping[
     """Load and validate a job file; every problem found is reported at once in a JobError."""
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise JobError(source, [("", f"cannot read the job file: {exc.strerror or exc}")]) from exc
+        text = read_small_text(Path(path), MAX_JOB_FILE_BYTES, "job file", ValueError)
+    except ValueError as exc:
+        raise JobError(source, [("", str(exc))]) from exc
     data = parse_yaml(text, source)
     issues: list[tuple[str, str]] = []
     data = interpolate(data, os.environ if environ is None else environ, issues)
