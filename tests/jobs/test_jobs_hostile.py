@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -105,7 +106,5 @@ def test_the_cli_says_it_in_a_few_lines_with_exit_2(tmp_path):
 def test_fuzzed_job_files_are_loaded_or_refused_as_job_errors(tmp_path, text):
     path = tmp_path / "fuzz.yaml"
     path.write_text(BASE + CLASSES + text, encoding="utf-8")
-    try:
+    with contextlib.suppress(JobError):  # loaded, or refused as a JobError: anything else fails the test
         load_job(path, environ={})
-    except JobError:
-        pass
