@@ -16,6 +16,7 @@ from .errors import (
     OutputNotADirectory,
     StorageAccessDenied,
     StorageUnavailable,
+    UnsupportedStorage,
 )
 from .output import (
     DEFAULT_MAX_PIXELS,
@@ -41,7 +42,7 @@ from .request import (
 from .resume import read_image_ids
 from .secrets import ADVICE as SECRET_ADVICE
 from .secrets import find_secrets, is_secret_name
-from .storage import fsspec_options, is_local_uri
+from .storage import fsspec_options, is_local_uri, path_of_uri
 
 if TYPE_CHECKING:
     from .decode import ImageError, decode_image
@@ -72,6 +73,7 @@ __all__ = [
     "Source",
     "StorageAccessDenied",
     "StorageUnavailable",
+    "UnsupportedStorage",
     "decode_image",
     "ensure_ray",
     "find_secrets",
@@ -80,6 +82,7 @@ __all__ = [
     "is_secret_name",
     "label",
     "mask_dtype_for",
+    "path_of_uri",
     "read_image_ids",
 ]
 

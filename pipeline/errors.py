@@ -13,6 +13,10 @@ class InputNotFound(UserError, FileNotFoundError):
     """The input location does not exist."""
 
 
+class UnsupportedStorage(UserError, ValueError):
+    """A URI names storage the pipeline cannot use as a folder (an archive, a web page)."""
+
+
 class OutputNotADirectory(UserError):
     """The output location exists and is a file: a run writes a folder of files there."""
 

@@ -20,12 +20,19 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import pyarrow.fs as pafs
 from fsspec import AbstractFileSystem
 
+from .errors import UnsupportedStorage
 from .secrets import MIN_REDACTED_LENGTH, REDACTED, holds_secret, secret_value_kind, secret_values
+
+# fsspec protocols that are archives or single documents, not folders: listing them loses or invents entries.
+_NOT_FOLDERS = frozenset({"zip", "tar", "libarchive", "reference", "http", "https", "github", "git"})
+# What a URI built from a path keeps unquoted (RFC 3986 path characters, minus those that start a query,
+# a fragment or an escape).
+_PATH_SAFE = "/!$&'()*+,;=:@-._~"
 
 # `scheme://user:password@` in any text: the user info goes, whoever's it is.
 _URI_USER_INFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s:@]+:[^/\s@]+@")
@@ -69,9 +76,13 @@ def public_uri(uri: str) -> str:
     parts = urlsplit(uri)
     if not parts.scheme or len(parts.scheme) == 1:  # a local path (or a Windows drive letter)
         return uri
+    try:
+        port = parts.port
+    except ValueError:  # not host:port at all (zip://member::archive): drop everything up to the last "@"
+        return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
     host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
+    if port:
+        host = f"{host}:{port}"
     return f"{parts.scheme}://{host}{parts.path}"
 
 
@@ -155,6 +166,11 @@ class Location:
                 options.setdefault("key", parts.username)
                 options.setdefault("secret", parts.password)
             return cls("s3" if scheme.startswith("s3") else "gs", path, options)
+        if scheme in _NOT_FOLDERS:
+            raise UnsupportedStorage(
+                f"{public_uri(uri)}: {scheme}:// is not a folder of files the pipeline can list and write; "
+                "extract the archive to a folder or a bucket first"
+            )
         import fsspec
 
         _, path = fsspec.core.url_to_fs(uri, **options)
@@ -166,8 +182,9 @@ class Location:
         return self.uri_of(self.path)
 
     def uri_of(self, path: str) -> str:
-        """Public URI of a filesystem path inside this location."""
-        return public_uri(f"{self.scheme}://{path.removeprefix(self.scheme + '://')}")
+        """The URI of a filesystem path inside this location, built by quoting: a key holding `#`, `?`, `%`,
+        spaces or newlines stays one key (`path_of_uri` gives it back)."""
+        return f"{self.scheme}://{quote(path.removeprefix(self.scheme + '://'), safe=_PATH_SAFE)}"
 
     def join(self, *names: str) -> str:
         """Filesystem path of `names` under this location; names never climb out of it."""
@@ -191,6 +208,18 @@ class Location:
         if self.scheme == "s3":  # one retry loop, the caller's (`retry.Retry`), not botocore's 5 attempts inside it
             options["config_kwargs"] = {"retries": {"max_attempts": 2}, **options.get("config_kwargs", {})}
         return fsspec.filesystem(self.scheme, **options)
+
+
+def path_of_uri(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[Location, str]:
+    """The storage and the exact path behind a URI that `Location.uri_of` built (the rows' `uri` column)."""
+    scheme, sep, quoted = uri.partition("://")
+    if not sep:
+        raise ValueError(f"{uri!r} is not a URI")
+    path = unquote(quoted)
+    if scheme == "file":
+        return Location("file", "/", dict(storage_options or {})), path
+    root = path.split("/", 1)[0]
+    return Location(scheme, root, dict(storage_options or {}), given_uri=f"{scheme}://{quote(root)}"), path
 
 
 def is_local_uri(uri: str) -> bool:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 import posixpath
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,11 +33,18 @@ class ExportReport:
     ignored_pixels: int
     directory: Path
     split_file: Path
+    unsafe_ids: list[str] = field(default_factory=list)  # ids that would name a file outside the export folder
 
     def one_line(self) -> str:
         ignored = f", {self.ignored_pixels} pixels set to ignore" if self.ignored_pixels else ""
         skipped = f", {self.skipped_errors} error rows skipped" if self.skipped_errors else ""
-        return f"exported {self.exported} masks to {self.directory}{ignored}{skipped} (ids in {self.split_file})"
+        unsafe = ""
+        if self.unsafe_ids:
+            shown = ", ".join(repr(i) for i in self.unsafe_ids[:3]) + (" ..." if len(self.unsafe_ids) > 3 else "")
+            unsafe = f", {len(self.unsafe_ids)} images skipped whose ids would leave the folder ({shown})"
+        return (
+            f"exported {self.exported} masks to {self.directory}{ignored}{skipped}{unsafe} (ids in {self.split_file})"
+        )
 
 
 def _check_ignore_index(ignore_index: int, classes: int) -> None:
@@ -81,12 +88,16 @@ def export(
     labels = directory / LABEL_DIR
     exported: dict[str, str] = {}
     skipped = ignored = 0
+    unsafe: list[str] = []
     for batch in output.batches(columns):
         for row in batch.to_pylist():
             if row["status"] != STATUS_OK or row["mask_png"] is None:
                 skipped += 1
                 continue
-            stem = posixpath.splitext(row["image_id"])[0]
+            stem = safe_stem(row["image_id"])
+            if stem is None:
+                unsafe.append(row["image_id"])
+                continue
             if stem in exported:
                 raise OutputError(f"images {exported[stem]!r} and {row['image_id']!r} would both export as {stem}.png")
             exported[stem] = row["image_id"]
@@ -99,11 +110,31 @@ def export(
                     )
                 png, low = _ignore_low_confidence(png, row["confidence_png"], ignore_below, ignore_index)
                 ignored += low
-            target = labels / f"{stem}.png"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(png)
+            _write_inside(labels, f"{stem}.png", png)
     split_file = directory / SPLIT_DIR / f"{split}.txt"
     split_file.parent.mkdir(parents=True, exist_ok=True)
     split_file.write_text("".join(f"{stem}\n" for stem in sorted(exported)), encoding="utf-8")
     (directory / CLASSES_FILE).write_text("".join(f"{name}\n" for name in names), encoding="utf-8")
-    return ExportReport(len(exported), skipped, ignored, directory, split_file)
+    return ExportReport(len(exported), skipped, ignored, directory, split_file, unsafe)
+
+
+def safe_stem(image_id: str) -> str | None:
+    """The id without its extension, as a relative path that stays inside the export folder; None if it
+    cannot: absolute, `..`, empty parts, backslashes or control characters (which would also break the
+    one-id-per-line split file)."""
+    stem = posixpath.splitext(image_id)[0]
+    parts = stem.split("/")
+    if not stem or stem.startswith("/") or any(part in ("", ".", "..") for part in parts):
+        return None
+    if "\\" in stem or any(ord(char) < 32 or ord(char) == 127 for char in stem):
+        return None
+    return stem
+
+
+def _write_inside(root: Path, relative: str, data: bytes) -> None:
+    """Write `root/relative`, refusing a target that resolves outside `root` (a symlink inside it, say)."""
+    target = root / relative
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.resolve().is_relative_to(root.resolve()):
+        raise OutputError(f"{relative} resolves outside {root}; refusing to write there")
+    target.write_bytes(data)

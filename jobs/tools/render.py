@@ -20,9 +20,7 @@ from urllib.parse import quote
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from pipeline import DEFAULT_MAX_PIXELS, STATUS_OK, LabelledOutput, OutputError, decode_image
-
-from .options import open_location
+from pipeline import DEFAULT_MAX_PIXELS, STATUS_OK, LabelledOutput, OutputError, decode_image, path_of_uri
 
 COLUMNS = (
     "image_id", "uri", "status", "error", "width", "height", "mask_png", "class_ids", "class_pixels",
@@ -139,8 +137,9 @@ def _source_image(
 ) -> tuple[Image.Image, str | None]:
     """The labelled image as the pipeline saw it (EXIF-oriented RGB), or a grey stand-in and the reason."""
     try:
-        fs, path = open_location(uri, storage_options)
-        pixels = decode_image(fs.cat_file(path), MAX_SOURCE_PIXELS)
+        location, path = path_of_uri(uri, storage_options)  # the row's URI is quoted: never parse it as a URL
+        with location.filesystem().open_input_stream(path) as stream:
+            pixels = decode_image(stream.read(), MAX_SOURCE_PIXELS)
     except Exception as exc:  # moved, unreadable or broken: only this picture suffers
         return Image.new("RGB", size, (128, 128, 128)), f"source image unreadable: {type(exc).__name__}: {exc}"
     if (pixels.shape[1], pixels.shape[0]) != size:

@@ -11,14 +11,14 @@ import pyarrow as pa
 import pytest
 from PIL import Image, ImageOps
 
-from pipeline import DEFAULT_MAX_PIXELS, RunSummary, Source
+from pipeline import DEFAULT_MAX_PIXELS, RunSummary, Source, UnsupportedStorage
 from pipeline.decode import ImageError, decode_batch, decode_image
 from pipeline.encode import encode_png
 from pipeline.retry import Retry
 from pipeline.secrets import REDACTED
 from pipeline.settings import DecodeSettings
 from pipeline.source import read_files
-from pipeline.storage import Location, Redactor, public_options, public_uri
+from pipeline.storage import Location, Redactor, path_of_uri, public_options, public_uri
 from sfp_core import ImagePreparation
 
 pytestmark = pytest.mark.timeout(60)
@@ -228,3 +228,34 @@ def test_run_summary_one_line():
     )
     assert summary.one_line() == ("run r1: 9 ok, 1 error, 5 skipped of 15 images in 2.0s (5.00 images/s) -> s3://out/y")
     assert summary.to_dict()["files"] == ["part-r1-000000.parquet"]
+
+
+def test_uris_are_built_by_quoting_and_give_back_the_exact_key(tmp_path):
+    """`#`, `?`, `%`, tabs and newlines in names: the uri column names the same file, never another."""
+    names = ["hash#x.jpg", "q?x=1.jpg", "pct%41.jpg", "tab\tx.jpg", "nl\nx.jpg", "sp ace & co.jpg"]
+    for index, name in enumerate(names):
+        (tmp_path / name).write_bytes(f"bytes {index}".encode())
+    location = Location.parse(str(tmp_path))
+    listing = pa.table(
+        {
+            "image_id": names,
+            "path": [f"{tmp_path}/{name}" for name in names],
+            "error": pa.nulls(len(names), pa.string()),
+        }
+    )
+    out = read_files(listing, location=location, redact=Redactor(), retry=Retry())
+    for index, uri in enumerate(out.column("uri").to_pylist()):
+        assert "\n" not in uri and "\t" not in uri and "#" not in uri and "?" not in uri
+        where, path = path_of_uri(uri)
+        assert path == f"{tmp_path}/{names[index]}"
+        with where.filesystem().open_input_stream(path) as stream:
+            assert stream.read() == f"bytes {index}".encode()
+    s3 = Location.parse("s3://bucket/root")
+    where, key = path_of_uri(s3.uri_of("bucket/root/dir/hash#x?y.jpg"))
+    assert (where.scheme, where.path, key) == ("s3", "bucket", "bucket/root/dir/hash#x?y.jpg")
+
+
+def test_archive_and_web_filesystems_are_refused_as_folders():
+    for uri in ("zip://images::/data/photos.zip", "tar://x::/data/a.tar", "https://example.com/photos/"):
+        with pytest.raises(UnsupportedStorage, match="not a folder"):
+            Location.parse(uri)

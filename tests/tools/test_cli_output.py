@@ -169,3 +169,20 @@ def test_show_refusals(tmp_path):
     assert result.returncode == 2 and "no such output folder" in result.stderr
     result = cli("show", "s3://bucket/out", "-o", "secret=hunter2hunter2")
     assert result.returncode == 2 and "credentials" in result.stderr and "hunter2hunter2" not in result.stderr
+
+
+def test_export_never_writes_outside_its_folder(tmp_path):
+    """Ids are data: an absolute id, `..` or a newline cannot name a file outside the export folder."""
+    mask = np.zeros((2, 2), np.uint8)
+    hostile = ["/tmp/sfp-export-escape.jpg", "../../escape.jpg", "a/../../b.jpg", "nl\nx.jpg", "./dot.jpg"]
+    rows = [ok_row(image_id, mask, None, []) for image_id in [*hostile, "fine/ok.jpg"]]
+    root = tmp_path / "nest" / "out"
+    write_output(root, rows)
+    export_dir = tmp_path / "nest" / "export"
+    result = cli("export", str(root), str(export_dir))
+    assert result.returncode == 0, result.stderr
+    assert "5 images skipped whose ids would leave the folder" in result.stdout
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.png"))
+    assert written == ["nest/export/SegmentationClass/fine/ok.png"]
+    assert not Path("/tmp/sfp-export-escape.png").exists()
+    assert (export_dir / "ImageSets" / "Segmentation" / "train.txt").read_text() == "fine/ok\n"
