@@ -165,7 +165,9 @@ class Location:
             if parts.username or parts.password:
                 options.setdefault("key", parts.username)
                 options.setdefault("secret", parts.password)
-            return cls("s3" if scheme.startswith("s3") else "gs", path, options)
+            if scheme.startswith("s3"):
+                return cls("s3", path, _with_environment_endpoint(options))
+            return cls("gs", path, options)
         if scheme in _NOT_FOLDERS:
             raise UnsupportedStorage(
                 f"{public_uri(uri)}: {scheme}:// is not a folder of files the pipeline can list and write; "
@@ -236,6 +238,30 @@ def fsspec_options(uri: str, storage_options: dict[str, Any] | None) -> dict[str
         region = options.pop("region", region)
         if region:
             options["client_kwargs"] = {**options.get("client_kwargs", {}), "region_name": region}
+    return options
+
+
+# Environment variables the AWS SDKs read for an S3-compatible endpoint and the region, in order of precedence.
+_ENDPOINT_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+_REGION_ENV = ("AWS_REGION", "AWS_DEFAULT_REGION")
+
+
+def _with_environment_endpoint(options: dict[str, Any]) -> dict[str, Any]:
+    """S3 options with the endpoint and region the environment names, where the options name none.
+
+    s3fs (botocore) reads `AWS_ENDPOINT_URL`, pyarrow's S3 client does not: without this, one run's
+    calls would go to two different servers. Resolved once, in the driver, the options then travel
+    with the Location to every worker.
+    """
+    client = options.get("client_kwargs") or {}
+    if not any(options.get(name) or client.get(name) for name in ("endpoint_url", "endpoint", "endpoint_override")):
+        endpoint = next((os.environ[name] for name in _ENDPOINT_ENV if os.environ.get(name)), None)
+        if endpoint:
+            options["endpoint_url"] = endpoint
+    if not any(options.get(name) or client.get(name) for name in ("region", "region_name")):
+        region = next((os.environ[name] for name in _REGION_ENV if os.environ.get(name)), None)
+        if region:
+            options["region"] = region
     return options
 
 

@@ -127,3 +127,19 @@ def test_s3_runs_label_every_image_once_and_leak_no_credentials(
     for secret in (s3_server.secret_key, s3_server.access_key):
         leaks = [name for name, data in texts.items() if secret.encode() in data]
         assert not leaks, f"credential found in {leaks[:5]}"
+
+
+def test_a_run_configured_only_through_environment_variables(ray_local, s3_server, image_corpus, monkeypatch):
+    """AWS_ENDPOINT_URL and AWS_DEFAULT_REGION, no storage options: every call goes to the same server."""
+    root, expected = image_corpus
+    fs = s3_server.filesystem()
+    for bucket in ("sfp-env-in", "sfp-env-out"):
+        s3_server.create_bucket(bucket)
+    upload(fs, root, "sfp-env-in/corpus")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint_url)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    summary = run_label("s3://sfp-env-in/corpus", "s3://sfp-env-out/labels", storage_retry_s=5, progress=False, **RUN)
+    assert summary.total == len(expected) and summary.ok + summary.error == len(expected)
+    table = pads.dataset("sfp-env-out/labels", filesystem=fs, format="parquet").to_table()
+    assert sorted(table.column("image_id").to_pylist()) == sorted(expected)
+    assert objects(fs, "sfp-env-out/labels/_lease")  # the lease went to the same server as the data
