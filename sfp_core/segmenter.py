@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from .backbone import Backbone, load_backbone
 from .config import SFPConfig
 from .pamr import pamr
-from .postprocess import apply_area_threshold, below_threshold_to_background, class_probabilities
+from .postprocess import Thresholds, label_map
 from .purifier import sfp_forward
 from .results import ImageStats, Outlier, SegmentResult
 from .text import TextEmbeddingCache
@@ -225,17 +225,16 @@ class SFPSegmenter:
 
     def _finish(self, logits, pixels, size, outlier_info, return_probs) -> SegmentResult:
         outliers, patches, windows = outlier_info
-        if tuple(logits.shape[1:]) != tuple(size):
-            logits = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0]
-        if self.config.pamr_steps:
+        if self.config.pamr_steps:  # PAMR refines the whole map at once: it needs it at full size
+            if tuple(logits.shape[1:]) != tuple(size):
+                logits = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0]
             guide = F.interpolate(pixels[None], size=size, mode="bilinear", align_corners=False)[0]
             logits = pamr(guide, logits, self.config.pamr_steps)
-        probs = class_probabilities(logits, self.config.logit_scale, self._query_to_class, self.vocabulary.num_classes)
-        confidence, labels = probs.max(dim=0)
-        if self.config.area_thd is not None:
-            probs = apply_area_threshold(probs, labels, self.config.area_thd)
-            confidence, labels = probs.max(dim=0)
-        labels = below_threshold_to_background(labels, confidence, self.config.prob_thd)
+        thresholds = Thresholds(self.config.logit_scale, self.config.area_thd, self.config.prob_thd)
+        result = label_map(
+            logits, tuple(size), self._query_to_class, self.vocabulary.num_classes, thresholds, return_probs
+        )
+        labels, confidence, probs = result.labels, result.confidence, result.probs
         areas = torch.bincount(labels.flatten(), minlength=self.vocabulary.num_classes).cpu().numpy()
         scores = [o.score for o in outliers]
         stats = ImageStats(

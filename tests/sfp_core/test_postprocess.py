@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
-import numpy as np
-import torch
+import subprocess
+import sys
+import textwrap
 
-from sfp_core.postprocess import apply_area_threshold, below_threshold_to_background, class_probabilities
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import ROOT
+
+from sfp_core import postprocess
+from sfp_core.postprocess import (
+    Thresholds,
+    apply_area_threshold,
+    below_threshold_to_background,
+    class_probabilities,
+    label_map,
+    upsampled_rows,
+)
 
 
 def test_synonyms_take_the_max_over_their_names(rng):
@@ -62,3 +77,60 @@ def test_prob_threshold_sends_unsure_pixels_to_background():
     assert below_threshold_to_background(argmax, confidence, 0.45).tolist() == [[1, 0]]
     assert below_threshold_to_background(argmax, confidence, 0.36).tolist() == [[1, 2]]  # strict "<"
     assert below_threshold_to_background(argmax, confidence, 0.0).tolist() == [[1, 2]]
+
+
+@pytest.mark.parametrize(
+    ("source", "target"), [((7, 9), (50, 33)), ((50, 33), (7, 9)), ((16, 16), (16, 16)), ((5, 40), (123, 1))]
+)
+def test_row_bands_equal_pytorchs_bilinear_upsampling(source, target):
+    logits = torch.randn(4, *source, generator=torch.Generator().manual_seed(0))
+    whole = F.interpolate(logits[None], size=target, mode="bilinear", align_corners=False)[0]
+    for start, stop in [(0, target[0]), (0, 1), (target[0] // 2, target[0]), (target[0] - 1, target[0])]:
+        band = upsampled_rows(logits, target, start, stop)
+        torch.testing.assert_close(band, whole[:, start:stop], atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("area_thd", [None, 0.2])
+def test_banded_label_map_equals_the_whole_image_computation(monkeypatch, area_thd):
+    """The label map built band by band (here 3 rows at a time) equals the formula applied to the whole image."""
+    monkeypatch.setattr(postprocess, "BAND_BYTES", 3 * 4 * 6 * 41)  # 3 rows of 6 names x 41 columns
+    logits = torch.randn(6, 11, 13, generator=torch.Generator().manual_seed(1))
+    query_to_class = torch.tensor([0, 0, 1, 2, 2, 3])
+    size = (29, 41)
+    full = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0]
+    probs = class_probabilities(full, 30.0, query_to_class, 4)
+    confidence, labels = probs.max(dim=0)
+    if area_thd is not None:
+        probs = apply_area_threshold(probs, labels, area_thd)
+        confidence, labels = probs.max(dim=0)
+    labels = below_threshold_to_background(labels, confidence, 0.4)
+    banded = label_map(logits, size, query_to_class, 4, Thresholds(30.0, area_thd, 0.4), return_probs=True)
+    torch.testing.assert_close(banded.probs, probs, atol=1e-5, rtol=0)
+    torch.testing.assert_close(banded.confidence, confidence, atol=1e-5, rtol=0)
+    assert (banded.labels != labels).float().mean() < 1e-3  # equal up to ties at round-off
+
+
+def test_a_large_image_with_a_large_vocabulary_stays_within_an_image_sized_budget(tmp_path):
+    """6000 x 6000 with the VOC21 vocabulary (62 names): whole-image upsampling needed ~9 GB per copy."""
+    script = textwrap.dedent(
+        """
+        import resource, sys
+        import numpy as np
+        from sfp_core import SFPConfig, SFPSegmenter, Vocabulary
+        segmenter = SFPSegmenter.from_pretrained(
+            "SFP-Tiny-16", "random", Vocabulary.from_file("jobs/vocab/voc21.txt"), SFPConfig.preset("voc21")
+        )
+        segmenter.segment([np.zeros((64, 64, 3), np.uint8)])
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        image = np.random.default_rng(0).integers(0, 256, (6000, 6000, 3), dtype=np.uint8)
+        result = segmenter.segment([image])[0]
+        assert result.mask.shape == (6000, 6000)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print((peak - before) / 1024)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    growth_mb = float(result.stdout.strip().splitlines()[-1])
+    # The image (108 MB), its labels (int64, 288 MB), confidence (144 MB) and the uint8 mask: under 1.5 GB.
+    assert growth_mb < 1536, f"segment grew the process by {growth_mb:.0f} MB"
