@@ -33,6 +33,10 @@ class LeaseHeld(BusyError, RuntimeError):
     """Another run holds the output's lease (or just took it)."""
 
 
+class OutputVanished(RetryableError, RuntimeError):
+    """The output (its bucket, its folder) was deleted while a run was writing to it."""
+
+
 class LeaseLost(RetryableError, RuntimeError):
     """The lease expired and another run took it over while this run was still writing."""
 

@@ -4,10 +4,13 @@ under the output's lease, with a manifest per run (docs/design.md, "Data flow").
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,6 +35,7 @@ from .output import (
 )
 from .output.manifest import InputRecord, ModelRecord, OutputRecord, ResourcesRecord, VocabularyRecord
 from .predict import SFPPredictor
+from .relabel import drop_rows_to_relabel
 from .request import LabelRequest
 from .resume import drop_existing, existing_ids
 from .retry import Retry, is_access_denied
@@ -51,6 +55,8 @@ DECODE_BATCH = 16
 # A killed actor is replaced (Ray restarts it: one model load) and its batch retried; a batch that
 # kills its actor this many times fails the run instead of looping (Ray Data's default is forever).
 ACTOR_TASK_RETRIES = 3
+# A Ray started here listens on loopback only: nothing on the network can reach its ports.
+_RAY_SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 @dataclass(frozen=True)
@@ -155,6 +161,10 @@ def label(request: LabelRequest) -> RunSummary:
     with redacted_logs(run.redact), OutputLease(run.output, request.run_name or run.run_id, retry=run.retry) as lease:
         remove_staging(run.output, run.retry)  # what dead runs left staged
         manifest.write(run.output, run.redact, run.retry)
+        if request.incremental:
+            again = drop_rows_to_relabel(run.output, run.run_id, request.output.retry_errors, run.retry)
+            if again:
+                log.info("%d error rows (%s) will be labelled again", again, request.output.retry_errors)
         sink = StagedParquetSink(
             run.output,
             run.run_id,
@@ -303,13 +313,36 @@ def _record_failure(run: _Run, manifest: Manifest, exc: BaseException, sink: Sta
 
 
 def ensure_ray() -> None:
-    """Use the running Ray; else join RAY_ADDRESS's cluster; else start a local one (never a stale cluster)."""
+    """Use the running Ray; else join RAY_ADDRESS's cluster; else start a local one (never a stale cluster).
+
+    `ray.init` replaces the SIGTERM handler with one that exits at once; the caller's handler (the CLI's,
+    which unwinds like Ctrl-C so finished work is committed and the lease released) is put back.
+    """
     if ray.is_initialized():
         return
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main_thread else None
     if os.environ.get("RAY_ADDRESS"):
         ray.init()
     else:
+        _loopback_only()
         ray.init(address="local", include_dashboard=False)
+    if main_thread and callable(previous):
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _loopback_only() -> None:
+    """Make the local Ray this process starts listen on 127.0.0.1 only.
+
+    `ray.init(_node_ip_address="127.0.0.1")` is turned back into the machine's
+    routable address by Ray itself; what keeps a node on loopback is Ray's
+    single-machine mode (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`), read by the
+    processes it starts from the environment and by this one from its
+    constants, which were read when ray was imported.
+    """
+    os.environ[_RAY_SINGLE_MACHINE_ENV] = "0"
+    ray_constants = importlib.import_module("ray._private.ray_constants")
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 @contextlib.contextmanager

@@ -38,8 +38,8 @@ from typing import Any, TypeVar
 
 from fsspec import AbstractFileSystem
 
-from .errors import LeaseHeld, LeaseLost
-from .output import lease_dir, lease_path
+from .errors import LeaseHeld, LeaseLost, OutputVanished
+from .output.layout import lease_dir, lease_path
 from .retry import Retry
 from .storage import Location
 
@@ -97,14 +97,53 @@ def _generations(fs: AbstractFileSystem, output: Location) -> list[int]:
 
 
 def _read(fs: AbstractFileSystem, output: Location, generation: int) -> LeaseRecord | None:
-    """The record of a generation; None if it vanished. Unreadable files count as held."""
+    """The record of a generation; None if it vanished.
+
+    An unreadable record (0 bytes, garbage: a writer died mid-write, or a
+    storage hiccup) counts as held until the lease's TTL has passed since the
+    file was last written, then as abandoned, so it never blocks an output
+    forever.
+    """
     path = lease_path(output, generation)
     try:
         return LeaseRecord(**json.loads(fs.cat_file(path)))
     except FileNotFoundError:
         return None
     except (ValueError, TypeError):
-        raise LeaseHeld(f"lease file {path} is unreadable; delete it if no run is writing this output") from None
+        written = _modified_at(fs, path)
+        if written is None or time.time() - written < DEFAULT_TTL_S:
+            raise LeaseHeld(
+                f"lease file {path} is unreadable; it counts as held until {DEFAULT_TTL_S:.0f}s after it was "
+                "written, or delete it if no run is writing this output"
+            ) from None
+        log.warning("lease file %s is unreadable and older than the lease TTL: taking it as abandoned", path)
+        return LeaseRecord("", "", 0, "an unreadable lease file", written, written, released=True)
+
+
+def _modified_at(fs: AbstractFileSystem, path: str) -> float | None:
+    """When a file was last written (epoch seconds), from whichever field the filesystem reports."""
+    info = fs.info(path)
+    stamp = info.get("mtime") or info.get("LastModified") or info.get("last_modified")
+    if stamp is None:
+        return None
+    return stamp.timestamp() if hasattr(stamp, "timestamp") else float(stamp)
+
+
+def live_lease(output: Location, retry: Retry) -> LeaseRecord | None:
+    """The lease record of the run writing `output` now, or None when no run holds it."""
+    fs = output.fsspec()
+
+    def read() -> LeaseRecord | None:
+        generations = _generations(fs, output)
+        if not generations:
+            return None
+        try:
+            record = _read(fs, output, generations[-1])
+        except LeaseHeld:  # unreadable but recent: someone may be writing
+            return LeaseRecord("", "", 0, "", 0.0, time.time() + 1.0)
+        return record if record is not None and record.live(time.time()) else None
+
+    return retry.call(f"reading the lease of {output.uri}", read)
 
 
 @dataclass(frozen=True)
@@ -121,7 +160,12 @@ class LeaseClaim:
 
         def current() -> LeaseRecord | None:
             generations = _generations(fs, self.output)
-            if not generations or generations[-1] != self.generation:
+            if not generations:  # our own lease file is gone too: the output itself was removed
+                raise OutputVanished(
+                    f"the output {self.output.uri} vanished while the run was writing (bucket or folder "
+                    "deleted?); nothing more is committed"
+                )
+            if generations[-1] != self.generation:
                 return None
             return _read(fs, self.output, self.generation)
 

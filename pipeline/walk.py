@@ -21,7 +21,7 @@ import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from .output import REASON_UNREADABLE, is_hidden
+from .output import REASON_UNREADABLE, UNREADABLE_NAME, UNREADABLE_NOT_REGULAR, is_hidden
 
 
 @dataclass(frozen=True)
@@ -70,11 +70,11 @@ def _listed(root: str, relative: bytes, entry: os.DirEntry[bytes]) -> Listed:
         image_id = relative.decode("utf-8")
     except UnicodeDecodeError:
         shown = relative.decode("utf-8", "backslashreplace")
-        return Listed(shown, f"{root}/{shown}", f"{REASON_UNREADABLE}: the file name is not valid UTF-8 ({shown!r})")
+        return Listed(shown, f"{root}/{shown}", f"{REASON_UNREADABLE}: {UNREADABLE_NAME} ({shown!r})")
     try:
         mode = entry.stat().st_mode  # follows symlinks
     except OSError:  # broken or looping symlink: reading it says why
         return Listed(image_id, f"{root}/{image_id}")
     if not stat.S_ISREG(mode):
-        return Listed(image_id, f"{root}/{image_id}", f"{REASON_UNREADABLE}: not a regular file (a FIFO or device)")
+        return Listed(image_id, f"{root}/{image_id}", f"{REASON_UNREADABLE}: {UNREADABLE_NOT_REGULAR}")
     return Listed(image_id, f"{root}/{image_id}")

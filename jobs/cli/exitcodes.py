@@ -14,6 +14,7 @@ class ExitCode(IntEnum):
     CRASH = 4  # the run itself failed (storage, Ray, weights, a bug): retrying may help
     BUSY = 5  # another run holds this output's lease; nothing was done
     INTERRUPTED = 130  # Ctrl-C / SIGINT
+    TERMINATED = 143  # SIGTERM (Kubernetes, Airflow, `ray job stop`): 128 + 15
 
 
 HELP = """exit codes:
@@ -22,4 +23,5 @@ HELP = """exit codes:
   3    partial failure: the run finished but some images got error rows
   4    crash: the run failed (storage, Ray, weights, bug); a retry may help
   5    busy: another run of this output holds its lease; nothing was done
-  130  interrupted"""
+  130  interrupted (Ctrl-C): finished files are kept, the lease released
+  143  terminated (SIGTERM): the same"""

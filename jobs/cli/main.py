@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -70,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     run = job_command("run", "run a labelling job (locally, or on the Ray cluster in RAY_ADDRESS)")
     run.add_argument("--dry-run", action="store_true", help="print the job as it would run and exit")
     run.add_argument("--no-progress", action="store_true", help="no progress bars (for cron and CI logs)")
+    run.add_argument(
+        "--retry-errors", action="store_true",
+        help="label every error row again, not only unreadable files (= --set output.retry_errors=all)",
+    )  # fmt: skip
     job_command("validate", "check a job file without running it")
 
     def output_command(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -117,7 +122,8 @@ def _add_eval_and_render(output_command: Callable[[str, str], argparse.ArgumentP
 def _run(args: argparse.Namespace) -> ExitCode:
     from ..jobfile import load_job
 
-    job = load_job(args.job, args.overrides)
+    overrides = [*args.overrides, *(["output.retry_errors=all"] if getattr(args, "retry_errors", False) else [])]
+    job = load_job(args.job, overrides)
     if args.command == "validate":
         print(f"ok: {job.describe()}")
         return ExitCode.OK
@@ -181,9 +187,18 @@ def _eval_or_render(args: argparse.Namespace, output: LabelledOutput, storage_op
     return ExitCode.OK
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program stands so it unwinds like Ctrl-C: commits kept, lease released."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `sfp-label` console script; returns the exit code (see --help)."""
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _raise_terminated)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return int(_run(args) if args.command in ("run", "validate") else _output(args))
@@ -194,8 +209,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _report(exc: BaseException, command: str) -> ExitCode:
     """Say what went wrong in the words the error's class calls for, and choose the exit code."""
     prefix = "sfp-label" if command in ("run", "validate") else f"sfp-label {command}"
+    if isinstance(exc, Terminated):
+        print(f"{prefix}: terminated; finished files are kept and the next run resumes", file=sys.stderr)
+        return ExitCode.TERMINATED
     if isinstance(exc, KeyboardInterrupt):
-        print(f"{prefix}: interrupted", file=sys.stderr)
+        print(f"{prefix}: interrupted; finished files are kept and the next run resumes", file=sys.stderr)
         return ExitCode.INTERRUPTED
     if isinstance(exc, BusyError):
         print(f"{prefix}: busy: {exc}", file=sys.stderr)

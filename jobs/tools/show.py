@@ -93,6 +93,7 @@ def summarize(output: LabelledOutput) -> dict[str, Any]:
     present = np.flatnonzero(tally.class_images).tolist()
     per_image = np.concatenate(tally.outlier_counts) if tally.outlier_counts else np.zeros(0, np.int64)
     images = sum(tally.status.values())
+    writing = output.writing_job()
     return {
         "output": output.uri,
         "images": images,
@@ -118,7 +119,7 @@ def summarize(output: LabelledOutput) -> dict[str, Any]:
             "score_max": tally.score_max,
             "top_positions": [{"row": r, "col": c, "count": n} for (r, c), n in tally.positions.most_common(TOP)],
         },
-        "runs": [_run_line(manifest) for manifest in output.manifests],
+        "runs": [_run_line(manifest, writing) for manifest in output.manifests],
     }
 
 
@@ -129,11 +130,11 @@ def _spread(values: np.ndarray) -> dict[str, float] | None:
     return {"min": low, "median": median, "p95": p95, "max": high, "mean": float(values.mean())}
 
 
-def _run_line(manifest: Manifest) -> dict[str, Any]:
+def _run_line(manifest: Manifest, writing_job: str | None) -> dict[str, Any]:
     counts = manifest.counts
     return {
         "run_id": manifest.run_id,
-        "status": manifest.status,
+        "status": manifest.shown_status(writing_job),
         "started_at": manifest.started_at,
         "ok": counts.ok if counts else None,
         "error": counts.error if counts else None,

@@ -25,6 +25,8 @@ from .manifest import RUN_FAILED, RUN_RUNNING, RUN_SUCCEEDED, Manifest, RunSumma
 from .reader import LabelledOutput, OutputError
 from .rows import (
     DEFAULT_MAX_PIXELS,
+    ERROR_CLASS_PERMANENT,
+    ERROR_CLASS_TRANSIENT,
     OUTLIER_TYPE,
     REASON_CORRUPT,
     REASON_NOT_AN_IMAGE,
@@ -36,10 +38,15 @@ from .rows import (
     SCHEMA,
     STATUS_ERROR,
     STATUS_OK,
+    UNREADABLE_NAME,
+    UNREADABLE_NOT_REGULAR,
+    error_class,
 )
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "ERROR_CLASS_PERMANENT",
+    "ERROR_CLASS_TRANSIENT",
     "LEASE_DIR",
     "OUTLIER_TYPE",
     "REASON_CORRUPT",
@@ -57,6 +64,8 @@ __all__ = [
     "STAGING_DIR",
     "STATUS_ERROR",
     "STATUS_OK",
+    "UNREADABLE_NAME",
+    "UNREADABLE_NOT_REGULAR",
     "LabelledOutput",
     "Manifest",
     "OutputError",
@@ -64,6 +73,7 @@ __all__ = [
     "committed_file",
     "data_file_name",
     "data_files",
+    "error_class",
     "is_hidden",
     "is_hidden_path",
     "iso",

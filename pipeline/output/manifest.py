@@ -21,6 +21,7 @@ from .layout import MANIFEST_SUFFIX, manifest_path, runs_dir
 RUN_RUNNING = "running"
 RUN_SUCCEEDED = "succeeded"
 RUN_FAILED = "failed"
+RUN_ABANDONED = "abandoned"  # shown, never written: "running" in its manifest, but no run holds the lease
 _PACKAGES = ("sfp-label", "torch", "open_clip_torch", "ray", "pyarrow", "pillow", "numpy")
 
 
@@ -90,6 +91,12 @@ class Manifest(_Record):
     images_per_second: float | None = None
     files: list[str] = Field(default_factory=list)  # data files this run added, relative to the output
     error: str | None = None
+
+    def shown_status(self, writing_job: str | None) -> str:
+        """The status to show: a "running" run whose job does not hold the output's lease died unrecorded."""
+        if self.status == RUN_RUNNING and writing_job not in (self.run_name or self.run_id, self.run_id):
+            return RUN_ABANDONED
+        return self.status
 
     @property
     def class_names(self) -> list[str]:

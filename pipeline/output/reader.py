@@ -62,6 +62,13 @@ class LabelledOutput:
             return
         yield from self.dataset.to_batches(columns=list(columns), batch_size=BATCH_ROWS)
 
+    def writing_job(self) -> str | None:
+        """The job name of the run writing this output right now (its live lease), or None."""
+        from ..lease import live_lease  # the lease sits above the output format
+
+        record = live_lease(self.location, Retry(patience_s=10))
+        return record.job if record else None
+
     def class_names(self) -> list[str] | None:
         """Display names of the classes (index = mask value), from the newest manifest that names them."""
         for manifest in reversed(self.manifests):

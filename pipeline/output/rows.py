@@ -23,6 +23,23 @@ REASON_CORRUPT = "corrupt"  # a known format whose pixel data fails to decode
 REASON_ZERO_BYTES = "zero bytes"
 REASON_TOO_LARGE = "over the pixel limit"
 REASON_UNSUPPORTED = "unsupported"
+# Unreadable files that no retry will make readable (the listing finds these itself).
+UNREADABLE_NAME = "the file name is not valid UTF-8"
+UNREADABLE_NOT_REGULAR = "not a regular file (a FIFO or device)"
+
+# Which error rows an incremental run labels again (`Destination.retry_errors`).
+ERROR_CLASS_TRANSIENT = "transient"  # the file could not be read: gone, permission, storage
+ERROR_CLASS_PERMANENT = "permanent"  # the bytes were read and are not a usable image
+
+
+def error_class(error: str) -> str:
+    """Transient (worth reading again later) or permanent, from the reason an error row starts with."""
+    if error.startswith(f"{REASON_UNREADABLE}: ") and not error.startswith(
+        (f"{REASON_UNREADABLE}: {UNREADABLE_NAME}", f"{REASON_UNREADABLE}: {UNREADABLE_NOT_REGULAR}")
+    ):
+        return ERROR_CLASS_TRANSIENT
+    return ERROR_CLASS_PERMANENT
+
 
 OUTLIER_TYPE = pa.struct(
     [

@@ -258,3 +258,36 @@ def test_empty_and_missing_inputs(ray_local, tmp_path):
     assert (tmp_path / "out" / "_runs" / f"{summary.run_id}.json").exists()
     with pytest.raises(FileNotFoundError, match="does not exist"):
         run_label(str(tmp_path / "nowhere"), str(tmp_path / "out"), weights="random", **RUN)
+
+
+def test_incremental_runs_label_unreadable_files_again_and_keep_each_image_once(ray_local, image_corpus, tmp_path):
+    """A file missing at read time (a dangling link: 'unreadable: FileNotFoundError') is a transient error:
+    the next incremental run labels it again and its old row is gone; 'not an image' stays as it is."""
+    root, expected = image_corpus
+    names = sorted(n for n, (status, _) in expected.items() if status == "ok")[:3]
+    source, output, later = tmp_path / "in", tmp_path / "out", tmp_path / "later"
+    copy_images(root, names, source)
+    later.mkdir()
+    (source / "late.jpg").symlink_to(later / "late.jpg")  # dangling until the file arrives
+    (source / "text.jpg").write_text("not an image")
+    first = run_label(str(source), str(output), weights="random", mode="incremental", rows_per_file=2, **RUN)
+    rows = {r["image_id"]: r for r in read_output(output).to_pylist()}
+    assert rows["late.jpg"]["error"].startswith("unreadable: FileNotFoundError")
+    assert rows["text.jpg"]["error"].startswith("not an image")
+
+    shutil.copy(root / names[0], later / "late.jpg")
+    second = run_label(str(source), str(output), weights="random", mode="incremental", **RUN)
+    table = read_output(output)
+    ids = table.column("image_id").to_pylist()
+    assert sorted(ids) == sorted([*names, "late.jpg", "text.jpg"])  # one row each, the old one replaced
+    rows = {r["image_id"]: r for r in table.to_pylist()}
+    assert rows["late.jpg"]["status"] == "ok" and rows["late.jpg"]["run_id"] == second.run_id
+    assert rows["text.jpg"]["run_id"] == first.run_id  # permanent: not labelled again
+    assert (second.ok + second.error, second.skipped) == (1, 4)
+
+    none = run_label(str(source), str(output), weights="random", mode="incremental", retry_errors="none", **RUN)
+    assert none.ok + none.error == 0
+    every = run_label(str(source), str(output), weights="random", mode="incremental", retry_errors="all", **RUN)
+    assert every.ok + every.error == 1  # text.jpg, labelled again on request
+    ids = read_output(output).column("image_id").to_pylist()
+    assert len(ids) == len(set(ids)) == len(names) + 2

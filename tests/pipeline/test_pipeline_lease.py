@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
-from pipeline import LeaseHeld, LeaseLost
-from pipeline.lease import OutputLease
+from pipeline import LeaseHeld, LeaseLost, OutputVanished
+from pipeline.lease import DEFAULT_TTL_S, OutputLease
 from pipeline.output import LEASE_DIR
 from pipeline.retry import Retry
 from pipeline.storage import Location
@@ -181,3 +184,27 @@ def test_simultaneous_starts_on_s3_have_exactly_one_winner(s3_server):
             OutputLease(output, "late").acquire()
         winners[0].release()
     assert lease_files(output) == ["000000000002.json", "000000000003.json"]
+
+
+def test_an_unreadable_lease_file_blocks_only_until_its_ttl(local):
+    fs = local.fsspec()
+    fs.makedirs(f"{local.path}/{LEASE_DIR}", exist_ok=True)
+    empty = f"{local.path}/{LEASE_DIR}/{1:012d}.json"
+    fs.pipe_file(empty, b"")  # a writer died mid-write
+    with pytest.raises(LeaseHeld, match="unreadable"):
+        OutputLease(local, "nightly").acquire()
+    old = time.time() - DEFAULT_TTL_S - 5
+    os.utime(empty, (old, old))
+    lease = OutputLease(local, "nightly")
+    lease.acquire()  # taken over, with a warning
+    assert lease.generation == 2
+    lease.release()
+
+
+def test_a_deleted_output_is_reported_as_such_not_as_a_takeover(local):
+    with OutputLease(local, "nightly") as lease:
+        claim = lease.claim
+        shutil.rmtree(local.path)
+        with pytest.raises(OutputVanished, match="vanished"):
+            claim.verify(Retry(patience_s=1))
+        Path(local.path).mkdir()  # so the lease's own release has somewhere to write

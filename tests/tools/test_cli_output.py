@@ -186,3 +186,14 @@ def test_export_never_writes_outside_its_folder(tmp_path):
     assert written == ["nest/export/SegmentationClass/fine/ok.png"]
     assert not Path("/tmp/sfp-export-escape.png").exists()
     assert (export_dir / "ImageSets" / "Segmentation" / "train.txt").read_text() == "fine/ok\n"
+
+
+def test_show_calls_a_running_run_without_the_lease_abandoned(tmp_path):
+    mask = np.zeros((2, 2), np.uint8)
+    root = write_output(tmp_path / "out", [ok_row(f"{i}.jpg", mask, None, []) for i in range(3)])
+    dead = {"run_id": "run-2", "status": "running", "started_at": "2026-01-02T00:00:00Z"}
+    (root / "_runs" / "run-2.json").write_text(json.dumps(dead))
+    result = cli("show", str(root), "--json")
+    assert result.returncode == 0, result.stderr
+    statuses = {run["run_id"]: run["status"] for run in json.loads(result.stdout)["runs"]}
+    assert statuses == {"run-1": "succeeded", "run-2": "abandoned"}
