@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
+    ForeignFilesInOutput,
     InputNotFound,
     LeaseHeld,
     LeaseLost,
@@ -58,6 +59,7 @@ __all__ = [
     "STATUS_ERROR",
     "STATUS_OK",
     "Destination",
+    "ForeignFilesInOutput",
     "ImageError",
     "InputNotFound",
     "LabelRequest",

@@ -17,6 +17,10 @@ class UnsupportedStorage(UserError, ValueError):
     """A URI names storage the pipeline cannot use as a folder (an archive, a web page)."""
 
 
+class ForeignFilesInOutput(UserError):
+    """The output folder holds files this project did not write; a run would mix with or delete them."""
+
+
 class OutputNotADirectory(UserError):
     """The output location exists and is a file: a run writes a folder of files there."""
 

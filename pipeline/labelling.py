@@ -23,11 +23,18 @@ from sfp_core import SFPLabelError, check_weights
 
 from .decode import decode_batch
 from .encode import encode_batch
-from .errors import InputNotFound, OutputNotADirectory, StorageAccessDenied, unwrap_task_error
+from .errors import (
+    ForeignFilesInOutput,
+    InputNotFound,
+    OutputNotADirectory,
+    StorageAccessDenied,
+    unwrap_task_error,
+)
 from .lease import OutputLease
 from .output import (
     Manifest,
     RunSummary,
+    foreign_files,
     iso,
     manifest_path,
     new_run_id,
@@ -40,7 +47,7 @@ from .request import LabelRequest
 from .resume import drop_existing, existing_ids
 from .retry import Retry, is_access_denied
 from .settings import StageSettings
-from .sink import StagedParquetSink, commit_overwrite, remove_staging
+from .sink import StagedParquetSink, commit_overwrite, remove_staging, roll_forward
 from .source import list_images, read_files
 from .storage import Location, Redactor, fsspec_options, public_options, public_uri, redacted_logs
 
@@ -159,6 +166,8 @@ def label(request: LabelRequest) -> RunSummary:
     _check_before_starting(run)
     manifest = run.manifest()
     with redacted_logs(run.redact), OutputLease(run.output, request.run_name or run.run_id, retry=run.retry) as lease:
+        for finished in roll_forward(run.output, run.retry):  # overwrites killed mid-commit end all new
+            log.warning("completed the overwrite commit of run %s, which was stopped half-way", finished)
         remove_staging(run.output, run.retry)  # what dead runs left staged
         manifest.write(run.output, run.redact, run.retry)
         if request.incremental:
@@ -205,6 +214,14 @@ def _check_before_starting(run: _Run) -> None:
         raise OutputNotADirectory(
             f"output {run.output.uri} is a file; output.uri must name a folder (or prefix) for the run's files"
         )
+    if kinds[1] == pafs.FileType.Directory and not run.request.output.allow_foreign_files:
+        foreign = foreign_files(run.output, run.retry)
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise ForeignFilesInOutput(
+                f"output {run.output.uri} holds files sfp-label did not write ({shown}); use an output folder "
+                "of its own, or set output.allow_foreign_files: true (they are then left alone, never deleted)"
+            )
 
 
 def _kind(run: _Run, location: Location, role: str) -> pafs.FileType:

@@ -55,6 +55,9 @@ class Destination(RequestSection):
     confidence: bool = Field(False, description="also store the per-pixel confidence PNG")
     rows_per_file: int = Field(1000, ge=1, description="rows in one committed data file")
     storage_retry_s: float = Field(120.0, ge=0, allow_inf_nan=False, description="ride out storage outages")
+    allow_foreign_files: bool = Field(
+        False, description="run even though the output folder holds files sfp-label did not write (never touched)"
+    )
     retry_errors: Literal["transient", "all", "none"] = Field(
         "transient", description="error rows an incremental run labels again: unreadable files, all, or none"
     )

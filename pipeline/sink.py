@@ -16,7 +16,9 @@ lost it, or a killed driver's stray tasks, never add files under a successor.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+import posixpath
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -28,7 +30,16 @@ from ray.data.block import Block, BlockAccessor
 from ray.data.datasource import Datasink, WriteResult
 
 from .lease import LeaseClaim
-from .output import SCHEMA, STATUS_OK, committed_file, data_file_name, data_files, staged_file, staging_dir
+from .output import (
+    SCHEMA,
+    STATUS_OK,
+    committed_file,
+    data_file_name,
+    data_files,
+    journal_path,
+    staged_file,
+    staging_dir,
+)
 from .retry import Retry
 from .storage import Location
 
@@ -129,16 +140,74 @@ def _delete(output: Location, path: str, retry: Retry, *, directory: bool = Fals
     retry.call(f"deleting {output.uri_of(path)}", delete)
 
 
+# Called with the name of each step of an overwrite commit; tests set it to stop a driver there.
+commit_step_hook: Callable[[str], None] | None = None
+
+
+def _step(name: str) -> None:
+    if commit_step_hook is not None:
+        commit_step_hook(name)
+
+
 def commit_overwrite(output: Location, run_id: str, written: list[WrittenFile], retry: Retry) -> None:
     """Replace the output's data files with this run's staged ones: every old file out, then the new ones in.
 
-    A reader listing meanwhile sees old files only, nothing, or new files
-    only; never old and new together.
+    First a journal naming both sets is written into the run's staging
+    folder; a run killed anywhere after that is completed by the next run
+    (`roll_forward`), so the output ends all new, never mixed. Killed before
+    it, the old output stands and the staging is dropped. A reader listing
+    meanwhile sees old files only, nothing, or new files only.
     """
-    for path in data_files(output, retry):
-        _delete(output, path, retry)
-    for file in written:
-        _move(output, staged_file(output, run_id, file.name), committed_file(output, file.name), retry)
+    new = [file.name for file in written]
+    old = [posixpath.relpath(path, output.path) for path in data_files(output, retry)]
+    journal = {"delete": [name for name in old if name not in new], "move": new}
+    _write_journal(output, run_id, journal, retry)
+    _step("journal")
+    _apply_journal(output, run_id, journal, retry)
+
+
+def roll_forward(output: Location, retry: Retry) -> list[str]:
+    """Finish the overwrite commits that runs killed mid-commit left journalled; returns their run ids."""
+    fs = output.filesystem()
+    selector = pafs.FileSelector(staging_dir(output), allow_not_found=True)
+    finished = []
+    for entry in retry.call(f"listing {output.uri_of(staging_dir(output))}", lambda: fs.get_file_info(selector)):
+        run_id = posixpath.basename(entry.path)
+        journal_file = journal_path(output, run_id)
+        if entry.type != pafs.FileType.Directory or fs.get_file_info(journal_file).type != pafs.FileType.File:
+            continue
+        with fs.open_input_stream(journal_file) as stream:
+            journal = json.loads(stream.read())
+        _apply_journal(output, run_id, journal, retry)
+        finished.append(run_id)
+    return finished
+
+
+def _write_journal(output: Location, run_id: str, journal: dict[str, list[str]], retry: Retry) -> None:
+    fs = output.filesystem()
+    final = journal_path(output, run_id)
+    partial = f"{final}.partial"
+    data = json.dumps(journal).encode()
+
+    def write() -> None:
+        with fs.open_output_stream(partial) as stream:
+            stream.write(data)
+        fs.move(partial, final)
+
+    retry.call(f"writing {output.uri_of(final)}", write)
+
+
+def _apply_journal(output: Location, run_id: str, journal: dict[str, list[str]], retry: Retry) -> None:
+    """Delete the journal's old files and move its staged files into place; every step may be repeated."""
+    fs = output.filesystem()
+    for name in journal["delete"]:
+        _delete(output, committed_file(output, name), retry)
+        _step(f"deleted {name}")
+    for name in journal["move"]:
+        staged = staged_file(output, run_id, name)
+        if fs.get_file_info(staged).type == pafs.FileType.File:
+            _move(output, staged, committed_file(output, name), retry)
+        _step(f"moved {name}")
 
 
 def remove_staging(output: Location, retry: Retry, run_id: str | None = None) -> None:

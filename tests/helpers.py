@@ -22,7 +22,10 @@ TINY_ARCH = "SFP-Tiny-16"  # sfp_core's own test architecture: 12 blocks, width 
 # Each section's fields by their flat keyword; "<section>_storage_options" names each storage_options.
 _SECTIONS: dict[str, tuple[type, tuple[str, ...]]] = {
     "input": (Source, ("extensions",)),
-    "output": (Destination, ("mode", "confidence", "rows_per_file", "storage_retry_s", "retry_errors")),
+    "output": (
+        Destination,
+        ("mode", "confidence", "rows_per_file", "storage_retry_s", "retry_errors", "allow_foreign_files"),
+    ),
     "model": (ModelChoice, ("arch", "weights", "weights_sha256")),
     "resources": (Resources, ("actors", "gpus_per_actor", "batch_size", "max_pixels")),
 }

@@ -13,6 +13,7 @@ never read back. See docs/design.md ("Output layout").
 from __future__ import annotations
 
 import posixpath
+import re
 
 import pyarrow.fs as pafs
 
@@ -25,6 +26,9 @@ LEASE_DIR = "_lease"
 DATA_SUFFIX = ".parquet"
 MANIFEST_SUFFIX = ".json"
 _HIDDEN_PREFIXES = ("_", ".")
+COMMIT_JOURNAL = "_commit.json"  # inside a run's staging folder: what its overwrite commit replaces
+# Data files this project writes: top-level `part-<anything>.parquet` (see `data_file_name`).
+_OUR_DATA_FILE = re.compile(r"^part-[^/]+\.parquet$")
 
 
 def is_hidden(name: str) -> bool:
@@ -70,15 +74,31 @@ def lease_path(output: Location, generation: int) -> str:
     return output.join(LEASE_DIR, f"{generation:012d}{MANIFEST_SUFFIX}")
 
 
-def data_files(output: Location, retry: Retry) -> list[str]:
-    """Paths of the committed data files, sorted: what every reader of the output sees."""
+def journal_path(output: Location, run_id: str) -> str:
+    return output.join(STAGING_DIR, run_id, COMMIT_JOURNAL)
+
+
+def is_our_data_file(relative: str) -> bool:
+    """Whether a path relative to the output root is a data file this project wrote."""
+    return bool(_OUR_DATA_FILE.match(relative))
+
+
+def _visible_files(output: Location, retry: Retry) -> list[str]:
+    """Paths, relative to the output root, of every file a reader of the folder would see."""
     fs = output.filesystem()
     if retry.call(f"listing {output.uri}", lambda: fs.get_file_info(output.path)).type != pafs.FileType.Directory:
         return []
     selector = pafs.FileSelector(output.path, recursive=True)
-    files = []
-    for entry in retry.call(f"listing {output.uri}", lambda: fs.get_file_info(selector)):
-        relative = posixpath.relpath(entry.path, output.path)
-        if entry.type == pafs.FileType.File and not is_hidden_path(relative) and entry.path.endswith(DATA_SUFFIX):
-            files.append(entry.path)
-    return sorted(files)
+    entries = retry.call(f"listing {output.uri}", lambda: fs.get_file_info(selector))
+    relative = (posixpath.relpath(e.path, output.path) for e in entries if e.type == pafs.FileType.File)
+    return sorted(path for path in relative if not is_hidden_path(path))
+
+
+def data_files(output: Location, retry: Retry) -> list[str]:
+    """Paths of the committed data files, sorted: what every reader of the output sees."""
+    return [output.join(path) for path in _visible_files(output, retry) if is_our_data_file(path)]
+
+
+def foreign_files(output: Location, retry: Retry) -> list[str]:
+    """Files under the output root that this project did not write (relative paths)."""
+    return [path for path in _visible_files(output, retry) if not is_our_data_file(path)]

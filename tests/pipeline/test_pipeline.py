@@ -23,7 +23,7 @@ import pytest
 from helpers import run_label
 from PIL import Image, ImageOps
 
-from pipeline import SCHEMA, read_image_ids
+from pipeline import SCHEMA, ForeignFilesInOutput, read_image_ids
 from sfp_core import SFPConfig, SFPSegmenter, Vocabulary
 
 pytestmark = pytest.mark.timeout(240)
@@ -291,3 +291,64 @@ def test_incremental_runs_label_unreadable_files_again_and_keep_each_image_once(
     assert every.ok + every.error == 1  # text.jpg, labelled again on request
     ids = read_output(output).column("image_id").to_pylist()
     assert len(ids) == len(set(ids)) == len(names) + 2
+
+
+@pytest.mark.parametrize("stop_at", ["journal", "deleted", "moved"])
+def test_an_overwrite_killed_mid_commit_is_completed_by_the_next_run(ray_local, image_corpus, tmp_path, stop_at):
+    """Killed after its journal, after deleting one old file, or after moving one new file: the next run
+    rolls the commit forward, and the output holds exactly the new run's rows, never a mix."""
+    root, expected = image_corpus
+    names = sorted(n for n, (status, _) in expected.items() if status == "ok")
+    source, output = tmp_path / "in", tmp_path / "out"
+    copy_images(root, names[:3], source)
+    run_label(str(source), str(output), weights="random", mode="overwrite", rows_per_file=1, **RUN)
+    shutil.rmtree(source)
+    copy_images(root, names[3:6], source)
+    driver = textwrap.dedent(
+        f"""
+        import os, signal
+        import pipeline.sink
+        from pipeline import Destination, LabelRequest, ModelChoice, Source, label
+        from sfp_core import SFPConfig, Vocabulary
+
+        def stop(step):
+            if step.startswith({stop_at!r}):
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        pipeline.sink.commit_step_hook = stop
+        label(LabelRequest(
+            input=Source(uri={str(source)!r}),
+            output=Destination(uri={str(output)!r}, mode="overwrite", rows_per_file=1),
+            vocabulary=Vocabulary({[list(c) for c in VOCAB.classes]!r}),
+            model=ModelChoice(arch={ARCH!r}, weights="random"),
+            config=SFPConfig(short_side=224),
+            progress=False,
+        ))
+        """
+    )
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
+    killed = subprocess.run([sys.executable, "-c", driver], env=env, capture_output=True, timeout=200)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-3000:]
+    (journalled,) = [p.name for p in (output / "_staging").iterdir()]
+
+    after = run_label(str(source), str(output), weights="random", mode="incremental", **RUN)
+    table = read_output(output)
+    assert set(table.column("run_id").to_pylist()) == {journalled}  # all new: the killed run's rows
+    assert sorted(table.column("image_id").to_pylist()) == names[3:6]
+    assert after.ok + after.error == 0 and not (output / "_staging").exists()
+
+
+def test_foreign_files_in_the_output_are_refused_or_left_alone(ray_local, image_corpus, tmp_path):
+    root, expected = image_corpus
+    names = sorted(n for n, (status, _) in expected.items() if status == "ok")[:2]
+    source, output = tmp_path / "in", tmp_path / "out"
+    copy_images(root, names, source)
+    precious = output / "other_dataset" / "year=2024" / "precious.parquet"
+    precious.parent.mkdir(parents=True)
+    precious.write_bytes(b"someone else's data")
+    with pytest.raises(ForeignFilesInOutput, match=r"other_dataset/year=2024/precious\.parquet"):
+        run_label(str(source), str(output), weights="random", mode="overwrite", **RUN)
+    assert not (output / "_runs").exists()  # refused before anything was written
+    for _ in range(2):
+        run_label(str(source), str(output), weights="random", mode="overwrite", allow_foreign_files=True, **RUN)
+    assert precious.read_bytes() == b"someone else's data"  # overwrite deletes only what sfp-label wrote
