@@ -147,7 +147,7 @@ def load_spec(path: str | Path, overrides: Sequence[str] = (), environ: Mapping[
     """Load and validate a job file; every problem found is reported at once in a JobError."""
     source = str(path)
     try:
-        text = read_small_text(Path(path), MAX_JOB_FILE_BYTES, "job file", ValueError)
+        text = read_small_text(Path(path), MAX_JOB_FILE_BYTES, "the job file", ValueError)
     except ValueError as exc:
         raise JobError(source, [("", str(exc))]) from exc
     data = parse_yaml(text, source)
