@@ -33,7 +33,6 @@ from .output import (
 )
 from .request import (
     DEFAULT_EXTENSIONS,
-    MODES,
     Destination,
     LabelRequest,
     ModelChoice,
@@ -53,7 +52,6 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_EXTENSIONS",
     "DEFAULT_MAX_PIXELS",
-    "MODES",
     "SCHEMA",
     "SECRET_ADVICE",
     "STATUS_ERROR",

@@ -18,7 +18,6 @@ from sfp_core import SFPConfig, Vocabulary
 
 from .output import DEFAULT_MAX_PIXELS
 
-MODES: tuple[str, ...] = ("incremental", "overwrite")
 DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png")
 
 
