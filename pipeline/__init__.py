@@ -14,6 +14,7 @@ from .errors import (
     InputNotFound,
     LeaseHeld,
     LeaseLost,
+    OutputLabelledDifferently,
     OutputNotADirectory,
     OutputVanished,
     StorageAccessDenied,
@@ -25,12 +26,14 @@ from .output import (
     SCHEMA,
     STATUS_ERROR,
     STATUS_OK,
+    LabelIdentity,
     LabelledOutput,
     Manifest,
     OutputError,
     RunSummary,
     mask_dtype_for,
 )
+from .output.reader import LabelledImage, LegacyOutputLayout, read_labels
 from .request import (
     DEFAULT_EXTENSIONS,
     Destination,
@@ -48,6 +51,7 @@ from .storage import fsspec_options, is_local_uri, path_of_uri
 if TYPE_CHECKING:
     from .decode import ImageError, decode_image
     from .labelling import ensure_ray, label
+    from .upgrade import upgrade_output
 
 __all__ = [
     "DEFAULT_EXTENSIONS",
@@ -60,13 +64,17 @@ __all__ = [
     "ForeignFilesInOutput",
     "ImageError",
     "InputNotFound",
+    "LabelIdentity",
     "LabelRequest",
+    "LabelledImage",
     "LabelledOutput",
     "LeaseHeld",
     "LeaseLost",
+    "LegacyOutputLayout",
     "Manifest",
     "ModelChoice",
     "OutputError",
+    "OutputLabelledDifferently",
     "OutputNotADirectory",
     "OutputVanished",
     "RequestSection",
@@ -86,6 +94,8 @@ __all__ = [
     "mask_dtype_for",
     "path_of_uri",
     "read_image_ids",
+    "read_labels",
+    "upgrade_output",
 ]
 
 
@@ -96,6 +106,10 @@ def __getattr__(name: str) -> Any:
         from . import labelling
 
         return getattr(labelling, name)
+    if name == "upgrade_output":
+        from . import upgrade
+
+        return upgrade.upgrade_output
     if name in ("decode_image", "ImageError"):
         from . import decode
 

@@ -25,6 +25,10 @@ class OutputNotADirectory(UserError):
     """The output location exists and is a file: a run writes a folder of files there."""
 
 
+class OutputLabelledDifferently(UserError):
+    """An incremental run's vocabulary or settings differ from those its output was labelled with."""
+
+
 class StorageAccessDenied(UserError, PermissionError):
     """The storage refused these credentials (missing, wrong or without permission)."""
 

@@ -26,28 +26,39 @@ from .encode import encode_batch
 from .errors import (
     ForeignFilesInOutput,
     InputNotFound,
+    OutputLabelledDifferently,
     OutputNotADirectory,
     StorageAccessDenied,
     unwrap_task_error,
 )
 from .lease import OutputLease
 from .output import (
+    RUN_SUCCEEDED,
+    SCHEMA,
+    LabelIdentity,
     Manifest,
+    Pointer,
     RunSummary,
+    card_is_current,
+    data_folder_name,
     foreign_files,
+    is_our_card,
     iso,
+    legacy_files,
     manifest_path,
     new_run_id,
     package_versions,
+    write_card,
 )
 from .output.manifest import InputRecord, ModelRecord, OutputRecord, ResourcesRecord, VocabularyRecord
+from .output.reader import LegacyOutputLayout, legacy_advice
 from .predict import SFPPredictor
 from .relabel import drop_rows_to_relabel
 from .request import LabelRequest
 from .resume import drop_existing, existing_ids
 from .retry import Retry, is_access_denied
 from .settings import StageSettings
-from .sink import StagedParquetSink, commit_overwrite, remove_staging, roll_forward
+from .sink import StagedParquetSink, commit_overwrite, discard_folder, remove_staging, tidy
 from .source import list_images, read_files
 from .storage import Location, Redactor, fsspec_options, public_options, public_uri, redacted_logs
 
@@ -90,6 +101,17 @@ class _Run:
             output=Location.parse(request.output.uri, dict(request.output.storage_options)),
             redact=Redactor.for_options(*(dict(o) for o in options), uris=uris),
             retry=Retry(patience_s=request.output.storage_retry_s),
+        )
+
+    def identity(self) -> LabelIdentity:
+        request = self.request
+        return LabelIdentity(
+            arch=request.model.arch,
+            weights=public_uri(request.model.weights),
+            classes=[list(names) for names in request.vocabulary.classes],
+            vocabulary_fingerprint=request.vocabulary.fingerprint(),
+            config=request.config.to_dict(),
+            config_hash=request.config.config_hash(),
         )
 
     def manifest(self) -> Manifest:
@@ -166,10 +188,9 @@ def label(request: LabelRequest) -> RunSummary:
     _check_before_starting(run)
     manifest = run.manifest()
     with redacted_logs(run.redact), OutputLease(run.output, request.run_name or run.run_id, retry=run.retry) as lease:
-        for finished in roll_forward(run.output, run.retry):  # overwrites killed mid-commit end all new
-            log.warning("completed the overwrite commit of run %s, which was stopped half-way", finished)
-        remove_staging(run.output, run.retry)  # what dead runs left staged
+        previous = _prepare_output(run)
         manifest.write(run.output, run.redact, run.retry)
+        folder = _data_folder(run, previous)
         if request.incremental:
             again = drop_rows_to_relabel(run.output, run.run_id, request.output.retry_errors, run.retry)
             if again:
@@ -177,6 +198,8 @@ def label(request: LabelRequest) -> RunSummary:
         sink = StagedParquetSink(
             run.output,
             run.run_id,
+            folder,
+            SCHEMA.with_metadata(run.identity().schema_metadata()),
             commit_each_file=request.incremental,
             rows_per_file=request.output.rows_per_file,
             claim=lease.claim,
@@ -184,7 +207,7 @@ def label(request: LabelRequest) -> RunSummary:
         )
         try:
             pending, total = _label_todo(run, sink)
-            _commit(run, lease, sink, pending)
+            current = _commit(run, lease, sink, pending, previous, folder)
         except BaseException as exc:
             cause = _user_facing(exc, run)
             _record_failure(run, manifest, cause, sink)
@@ -193,6 +216,7 @@ def label(request: LabelRequest) -> RunSummary:
             raise cause from exc
         summary = run.summary(sink, total, pending)
         manifest.succeeded(summary, time.time()).write(run.output, run.redact, run.retry)
+        _write_card(run, current)
     line = run.redact(summary.one_line())
     log.info(line)
     if request.progress:
@@ -214,7 +238,18 @@ def _check_before_starting(run: _Run) -> None:
         raise OutputNotADirectory(
             f"output {run.output.uri} is a file; output.uri must name a folder (or prefix) for the run's files"
         )
-    if kinds[1] == pafs.FileType.Directory and not run.request.output.allow_foreign_files:
+    if kinds[1] == pafs.FileType.Directory:
+        _check_output_folder(run)
+
+
+def _check_output_folder(run: _Run) -> None:
+    """An existing output: the current layout, no files of others, and (incremental) the same labels."""
+    legacy = legacy_files(run.output, run.retry)
+    if legacy:
+        raise LegacyOutputLayout(legacy_advice(run.output.uri, legacy))
+    if run.request.incremental:
+        _check_same_labels(run, Pointer.read(run.output, run.retry))
+    if not run.request.output.allow_foreign_files:
         foreign = foreign_files(run.output, run.retry)
         if foreign:
             shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
@@ -222,6 +257,50 @@ def _check_before_starting(run: _Run) -> None:
                 f"output {run.output.uri} holds files sfp-label did not write ({shown}); use an output folder "
                 "of its own, or set output.allow_foreign_files: true (they are then left alone, never deleted)"
             )
+
+
+def _check_same_labels(run: _Run, pointer: Pointer | None) -> None:
+    """One output, one vocabulary and one set of SFP settings: an incremental run may not mix in others."""
+    conflict = pointer.identity.conflict_with(run.identity()) if pointer else None
+    if conflict:
+        raise OutputLabelledDifferently(
+            f"output {run.output.uri} was labelled with {pointer.identity.describe()}; this run has {conflict}. "
+            "Label into a new output, or use output.mode: overwrite to replace its labels"
+        )
+
+
+def _prepare_output(run: _Run) -> Pointer | None:
+    """Under the lease: clear what dead runs left, repair a stale card, and check the labels still match."""
+    pointer = tidy(run.output, Pointer.read(run.output, run.retry), run.retry)
+    if pointer is not None:
+        if run.request.incremental:
+            _check_same_labels(run, pointer)  # again: another run may have overwritten it since the check
+        if not card_is_current(run.output, pointer, run.retry):
+            _write_card(run, pointer)
+    return pointer
+
+
+def _data_folder(run: _Run, pointer: Pointer | None) -> str:
+    """Where this run's files go: the current data folder (incremental), else a new one of its own.
+
+    The first incremental run of an output creates the folder's pointer before writing any file into it.
+    """
+    if run.request.incremental and pointer is not None:
+        return pointer.data
+    folder = data_folder_name(run.run_id)
+    if run.request.incremental:
+        Pointer(data=folder, identity=run.identity(), created_by=run.run_id).write(run.output, run.retry)
+    return folder
+
+
+def _write_card(run: _Run, pointer: Pointer, retry: Retry | None = None) -> None:
+    """(Re)write the dataset card, unless the README.md there is someone else's (`allow_foreign_files`)."""
+    retry = retry or run.retry
+    if not is_our_card(run.output, retry):
+        log.warning("not writing a dataset card: %s holds a README.md sfp-label did not write", run.output.uri)
+        return
+    runs = sum(m.status == RUN_SUCCEEDED for m in Manifest.read_all(run.output, retry))
+    write_card(run.output, pointer, runs, retry)
 
 
 def _kind(run: _Run, location: Location, role: str) -> pafs.FileType:
@@ -241,15 +320,26 @@ def _label_todo(run: _Run, sink: StagedParquetSink) -> tuple[int, int]:
     return pending, total
 
 
-def _commit(run: _Run, lease: OutputLease, sink: StagedParquetSink, pending: int) -> None:
+def _commit(
+    run: _Run, lease: OutputLease, sink: StagedParquetSink, pending: int, previous: Pointer | None, folder: str
+) -> Pointer:
+    """Check every image got its row, then (overwrite) flip the pointer to the run's folder; the pointer after."""
     written = sum(f.rows for f in sink.written)
     if written != pending:
         raise RuntimeError(f"wrote {written} rows for {pending} images; not committing a run that lost rows")
     lease.check()
-    if not run.request.incremental:
-        lease.claim.verify(run.retry)
-        commit_overwrite(run.output, run.run_id, sink.written, run.retry)
     remove_staging(run.output, run.retry, run.run_id)
+    if run.request.incremental:
+        return Pointer.read(run.output, run.retry) or previous
+    lease.claim.verify(run.retry)
+    identity = run.identity()
+    current = (
+        previous.replaced_by(folder, identity, run.run_id, time.time())
+        if previous
+        else Pointer(data=folder, identity=identity, created_by=run.run_id)
+    )
+    commit_overwrite(run.output, current, run.retry)
+    return current
 
 
 def _todo(run: _Run) -> tuple[ray.data.Dataset, int]:
@@ -318,13 +408,19 @@ def _root_cause(exc: BaseException) -> str:
 
 
 def _record_failure(run: _Run, manifest: Manifest, exc: BaseException, sink: StagedParquetSink) -> None:
-    """Mark the run failed in its manifest and drop its staging; files already committed (incremental)
-    are listed, they stay valid. Best effort: the next run clears what is left."""
+    """Mark the run failed in its manifest and drop what it staged; files already committed (incremental)
+    are listed, they stay valid, and the card is brought up to them. Best effort: the next run clears what
+    is left."""
     retry = run.retry.brief()
     files = [f.name for f in sink.written] if sink.commit_each_file else []
     try:
         manifest.failed(_root_cause(exc), files, time.time()).write(run.output, run.redact, retry)
         remove_staging(run.output, retry, run.run_id)
+        pointer = Pointer.read(run.output, retry)
+        if sink.commit_each_file and pointer is not None:
+            _write_card(run, pointer, retry)
+        elif pointer is None or pointer.data != sink.folder:  # an overwrite that never flipped
+            discard_folder(run.output, sink.folder, retry)
     except Exception as record_exc:  # the run's own error is the one to raise
         log.warning("could not record the failed run %s: %s", run.run_id, run.redact(str(record_exc)))
 

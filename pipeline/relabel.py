@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from .output import ERROR_CLASS_TRANSIENT, SCHEMA, STATUS_ERROR, data_files, error_class, staged_file
+from .output import ERROR_CLASS_TRANSIENT, STATUS_ERROR, current_files, error_class, staged_file
 from .retry import Retry
 from .storage import Location
 
@@ -28,7 +28,7 @@ def drop_rows_to_relabel(output: Location, run_id: str, policy: str, retry: Retr
     if policy == "none":
         return 0
     fs = output.filesystem()
-    files = data_files(output, retry)
+    files = current_files(output, retry)
     if not files:
         return 0
     dataset = pads.dataset(files, filesystem=fs, format="parquet")
@@ -64,11 +64,10 @@ def _rewrite_without(output: Location, run_id: str, path: str, policy: str, retr
         retry.call(f"deleting {output.uri_of(path)}", lambda: fs.delete_file(path))
         return table.num_rows
     staged = staged_file(output, run_id, f"rewrite-{posixpath.basename(path)}")
-    rows = kept.cast(SCHEMA)
 
     def write() -> None:
         fs.create_dir(posixpath.dirname(staged), recursive=True)
-        pq.write_table(rows, staged, filesystem=fs, compression="zstd")
+        pq.write_table(kept, staged, filesystem=fs, compression="zstd")
 
     retry.call(f"writing {output.uri_of(staged)}", write)
     retry.call(f"replacing {output.uri_of(path)}", lambda: fs.move(staged, path))  # one atomic replacement

@@ -9,7 +9,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import ray
 
-from .output import data_files
+from .output import current_files
 from .retry import Retry
 from .storage import Location
 
@@ -19,7 +19,7 @@ def existing_ids(output: Location, retry: Retry) -> pa.Array:
     fs = output.filesystem()
 
     def read() -> pa.Array:
-        files = data_files(output, retry)
+        files = current_files(output, retry)
         if not files:
             return pa.array([], pa.string())
         dataset = pads.dataset(files, filesystem=fs, format="parquet")

@@ -1,12 +1,14 @@
-"""The Parquet sink: complete files only, staged first (`output.staging_dir`), then committed.
+"""The Parquet sink: complete files only, written where no reader looks until they are committed.
 
 Ray's `write_parquet` writes straight into the destination (a reader can
 catch a half-written local file) and has no per-file commit hook, so this
-is a small `Datasink` that writes each task's rows to one staged file and
-- incremental: moves it into the output at once, so a run killed midway
-  keeps every file it finished and a re-run skips those images;
-- overwrite: leaves it staged; `commit_overwrite` swaps the whole output
-  after the run succeeds (old files out, then new files in: never a mix).
+is a small `Datasink` that writes each task's rows to one file and
+- incremental: stages it (`_sfp/staging/<run>/`) and moves it into the
+  current data folder at once, so a run killed midway keeps every file it
+  finished and a re-run skips those images;
+- overwrite: writes it into the run's own new data folder, which no pointer
+  names yet; `commit_overwrite` flips the pointer to it after the run
+  succeeds (docs/design.md, "Output layout").
 File names come from the run id and Ray's task index, never from input
 paths; a retried write task rewrites its own file instead of adding one.
 Storage calls ride out outages (`retry.Retry`), and each commit first checks
@@ -16,8 +18,7 @@ lost it, or a killed driver's stray tasks, never add files under a successor.
 
 from __future__ import annotations
 
-import json
-import posixpath
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -31,14 +32,14 @@ from ray.data.datasource import Datasink, WriteResult
 
 from .lease import LeaseClaim
 from .output import (
-    SCHEMA,
     STATUS_OK,
-    committed_file,
+    Pointer,
+    data_file,
     data_file_name,
-    data_files,
-    journal_path,
+    data_folder,
     staged_file,
     staging_dir,
+    stale_folders,
 )
 from .retry import Retry
 from .storage import Location
@@ -63,6 +64,8 @@ class StagedParquetSink(Datasink[WrittenFile | None]):
         self,
         output: Location,
         run_id: str,
+        folder: str,
+        schema: pa.Schema,
         *,
         commit_each_file: bool,
         rows_per_file: int,
@@ -71,6 +74,8 @@ class StagedParquetSink(Datasink[WrittenFile | None]):
     ):
         self.output = output
         self.run_id = run_id
+        self.folder = folder
+        self.schema = schema
         self.commit_each_file = commit_each_file
         self.rows_per_file = rows_per_file
         self.claim = claim
@@ -78,8 +83,9 @@ class StagedParquetSink(Datasink[WrittenFile | None]):
         self.written: list[WrittenFile] = []
 
     @property
-    def staging_dir(self) -> str:
-        return staging_dir(self.output, self.run_id)
+    def first_dir(self) -> str:
+        """Where files are written first: the run's staging folder, or (overwrite) its own data folder."""
+        return staging_dir(self.output, self.run_id) if self.commit_each_file else data_folder(self.output, self.folder)
 
     @property
     def min_rows_per_write(self) -> int:
@@ -87,7 +93,8 @@ class StagedParquetSink(Datasink[WrittenFile | None]):
 
     def on_write_start(self, schema: pa.Schema | None = None) -> None:
         fs = self.output.filesystem()
-        self.retry.call(f"creating {self.output.uri_of(self.staging_dir)}", lambda: fs.create_dir(self.staging_dir))
+        for folder in {self.first_dir, data_folder(self.output, self.folder)}:
+            self.retry.call(f"creating {self.output.uri_of(folder)}", lambda f=folder: fs.create_dir(f))
 
     def write(self, blocks: Iterable[Block], ctx: TaskContext) -> WrittenFile | None:
         tables = [BlockAccessor.for_block(block).to_arrow() for block in blocks]
@@ -96,17 +103,18 @@ class StagedParquetSink(Datasink[WrittenFile | None]):
             return None
         name = data_file_name(self.run_id, ctx.task_idx)
         fs = self.output.filesystem()
-        staged = staged_file(self.output, self.run_id, name)
-        rows = table.cast(SCHEMA)
+        final = data_file(self.output, self.folder, name)
+        first = staged_file(self.output, self.run_id, name) if self.commit_each_file else final
+        rows = table.cast(self.schema)
         self.retry.call(
-            f"writing {self.output.uri_of(staged)}",
-            lambda: pq.write_table(rows, staged, filesystem=fs, compression="zstd"),
+            f"writing {self.output.uri_of(first)}",
+            lambda: pq.write_table(rows, first, filesystem=fs, compression="zstd"),
         )
         if self.commit_each_file:
             self.claim.verify(self.retry)
-            _move(self.output, staged, committed_file(self.output, name), self.retry)
+            _move(self.output, first, final, self.retry)
         ok = pc.sum(pc.equal(table.column("status"), STATUS_OK)).as_py() or 0
-        return WrittenFile(name, table.num_rows, ok)
+        return WrittenFile(f"{self.folder}/{name}", table.num_rows, ok)
 
     def on_write_complete(self, write_result: WriteResult[WrittenFile | None]) -> None:
         self.written = [w for w in write_result.write_returns if w is not None]
@@ -149,65 +157,39 @@ def _step(name: str) -> None:
         commit_step_hook(name)
 
 
-def commit_overwrite(output: Location, run_id: str, written: list[WrittenFile], retry: Retry) -> None:
-    """Replace the output's data files with this run's staged ones: every old file out, then the new ones in.
+def commit_overwrite(output: Location, current: Pointer, retry: Retry) -> None:
+    """Make the run's data folder the output: one write of the pointer (the card follows it).
 
-    First a journal naming both sets is written into the run's staging
-    folder; a run killed anywhere after that is completed by the next run
-    (`roll_forward`), so the output ends all new, never mixed. Killed before
-    it, the old output stands and the staging is dropped. A reader listing
-    meanwhile sees old files only, nothing, or new files only.
+    Killed before it, the old version stands and the next run deletes the new
+    folder; killed after it, the new version stands and the next run rewrites
+    the card. The replaced folder stays for `KEEP_REPLACED_S`.
     """
-    new = [file.name for file in written]
-    old = [posixpath.relpath(path, output.path) for path in data_files(output, retry)]
-    journal = {"delete": [name for name in old if name not in new], "move": new}
-    _write_journal(output, run_id, journal, retry)
-    _step("journal")
-    _apply_journal(output, run_id, journal, retry)
+    _step("written")
+    current.write(output, retry)
+    _step("flipped")
 
 
-def roll_forward(output: Location, retry: Retry) -> list[str]:
-    """Finish the overwrite commits that runs killed mid-commit left journalled; returns their run ids."""
-    fs = output.filesystem()
-    selector = pafs.FileSelector(staging_dir(output), allow_not_found=True)
-    finished = []
-    for entry in retry.call(f"listing {output.uri_of(staging_dir(output))}", lambda: fs.get_file_info(selector)):
-        run_id = posixpath.basename(entry.path)
-        journal_file = journal_path(output, run_id)
-        if entry.type != pafs.FileType.Directory or fs.get_file_info(journal_file).type != pafs.FileType.File:
-            continue
-        with fs.open_input_stream(journal_file) as stream:
-            journal = json.loads(stream.read())
-        _apply_journal(output, run_id, journal, retry)
-        finished.append(run_id)
-    return finished
+def discard_folder(output: Location, folder: str, retry: Retry) -> None:
+    """Delete a data folder no pointer names (a failed overwrite's)."""
+    _delete(output, data_folder(output, folder), retry, directory=True)
 
 
-def _write_journal(output: Location, run_id: str, journal: dict[str, list[str]], retry: Retry) -> None:
-    fs = output.filesystem()
-    final = journal_path(output, run_id)
-    partial = f"{final}.partial"
-    data = json.dumps(journal).encode()
+def tidy(output: Location, pointer: Pointer | None, retry: Retry) -> Pointer | None:
+    """What dead runs left (staging, unflipped data folders) and replaced folders past their time go.
 
-    def write() -> None:
-        with fs.open_output_stream(partial) as stream:
-            stream.write(data)
-        fs.move(partial, final)
-
-    retry.call(f"writing {output.uri_of(final)}", write)
-
-
-def _apply_journal(output: Location, run_id: str, journal: dict[str, list[str]], retry: Retry) -> None:
-    """Delete the journal's old files and move its staged files into place; every step may be repeated."""
-    fs = output.filesystem()
-    for name in journal["delete"]:
-        _delete(output, committed_file(output, name), retry)
-        _step(f"deleted {name}")
-    for name in journal["move"]:
-        staged = staged_file(output, run_id, name)
-        if fs.get_file_info(staged).type == pafs.FileType.File:
-            _move(output, staged, committed_file(output, name), retry)
-        _step(f"moved {name}")
+    Called under the lease before a run writes; returns the pointer as it now stands.
+    """
+    remove_staging(output, retry)
+    for folder in stale_folders(output, pointer, retry):
+        discard_folder(output, folder, retry)
+    if pointer is None:
+        return None
+    kept, expired = pointer.expire(time.time())
+    if expired:
+        kept.write(output, retry)  # the pointer stops naming them before they go
+        for folder in expired:
+            discard_folder(output, folder, retry)
+    return kept
 
 
 def remove_staging(output: Location, retry: Retry, run_id: str | None = None) -> None:

@@ -33,6 +33,7 @@ EXAMPLES = """examples:
   sfp-label export out/demo out/demo-voc --ignore-below 0.5   masks for a trainer (VOC / mmseg layout)
   sfp-label eval out/voc21 --gt data/VOCdevkit/VOC2012/SegmentationClass   mIoU / mAcc / aAcc per class
   sfp-label render out/demo out/demo-html --limit 50          overlays, outlier maps and an index.html
+  sfp-label export out/demo out/demo-coco.json --format coco  COCO JSON, one RLE annotation per class and image
   ray job submit --working-dir . -- sfp-label run jobs/voc21.yaml   on a Ray cluster
 
 Job files: YAML (see jobs/*.yaml); ${VAR} and ${VAR:-default} take non-secret values from the
@@ -91,15 +92,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     show = output_command("show", "summarise a finished output: counts, classes, outlier statistics")
     show.add_argument("--json", action="store_true", help="print the summary as JSON")
-    export = output_command("export", "write masks as PNGs in the VOC / mmsegmentation folder layout")
-    export.add_argument("directory", type=Path, metavar="DIR")
+    export = output_command(
+        "export", "write masks as PNGs in the VOC / mmsegmentation folder layout, or as one COCO JSON (RLE)"
+    )
+    export.add_argument("directory", type=Path, metavar="DEST", help="a folder (voc); a .json file or a folder (coco)")
+    export.add_argument(
+        "--format", choices=("voc", "coco"), default="voc",
+        help="voc (default): SegmentationClass/*.png; coco: one annotation per class and image, masks as RLE",
+    )  # fmt: skip
     export.add_argument(
         "--ignore-below", type=_probability, metavar="P",
         help="set pixels whose stored confidence is below P to the ignore index (needs output.confidence: true)",
     )  # fmt: skip
-    export.add_argument("--ignore-index", type=int, default=255, help="label of ignored pixels (default 255)")
+    export.add_argument("--ignore-index", type=int, default=255, help="voc: label of ignored pixels (default 255)")
     export.add_argument("--split", default="train", help="name of the id list, ImageSets/Segmentation/SPLIT.txt")
     _add_eval_and_render(output_command)
+    output_command("upgrade", "move an output written by sfp-label 0.1 into the current layout (labels nothing)")
     return parser
 
 
@@ -149,6 +157,12 @@ def _output(args: argparse.Namespace) -> ExitCode:
     from ..tools.options import parse_storage_options
 
     options = parse_storage_options(args.storage_options)
+    if args.command == "upgrade":
+        from pipeline import upgrade_output
+
+        pointer = upgrade_output(args.output, options)
+        print(f"upgraded {args.output}: its rows are in {pointer.data}/, described by README.md")
+        return ExitCode.OK
     output = LabelledOutput.open(args.output, options)
     if args.command == "show":
         from ..tools.show import format_summary, summarize
@@ -158,6 +172,11 @@ def _output(args: argparse.Namespace) -> ExitCode:
         return ExitCode.OK
     if args.command in ("eval", "render"):
         return _eval_or_render(args, output, options)
+    if args.format == "coco":
+        from ..tools.coco import export_coco
+
+        print(export_coco(output, args.directory, ignore_below=args.ignore_below).one_line())
+        return ExitCode.OK
     from ..tools.export import export
 
     report = export(

@@ -6,24 +6,30 @@ manifest key themselves; they ask this package (docs/design.md, "Output layout")
 
 from sfp_core import mask_dtype_for
 
+from .card import card_is_current, is_our_card, write_card
+from .identity import LabelIdentity
 from .layout import (
+    CARD_FILE,
     LEASE_DIR,
+    META_DIR,
     RUNS_DIR,
     STAGING_DIR,
-    committed_file,
+    data_file,
     data_file_name,
-    data_files,
-    foreign_files,
+    data_folder,
+    data_folder_name,
+    folder_files,
     is_hidden,
     is_hidden_path,
-    journal_path,
     lease_dir,
     lease_path,
+    legacy_files,
     manifest_path,
     staged_file,
     staging_dir,
 )
 from .manifest import RUN_FAILED, RUN_RUNNING, RUN_SUCCEEDED, Manifest, RunSummary, iso, new_run_id, package_versions
+from .ownership import foreign_files
 from .reader import LabelledOutput, OutputError
 from .rows import (
     DEFAULT_MAX_PIXELS,
@@ -44,12 +50,16 @@ from .rows import (
     UNREADABLE_NOT_REGULAR,
     error_class,
 )
+from .versions import KEEP_REPLACED_S, Pointer, current_files, stale_folders
 
 __all__ = [
+    "CARD_FILE",
     "DEFAULT_MAX_PIXELS",
     "ERROR_CLASS_PERMANENT",
     "ERROR_CLASS_TRANSIENT",
+    "KEEP_REPLACED_S",
     "LEASE_DIR",
+    "META_DIR",
     "OUTLIER_TYPE",
     "REASON_CORRUPT",
     "REASON_NOT_AN_IMAGE",
@@ -68,25 +78,34 @@ __all__ = [
     "STATUS_OK",
     "UNREADABLE_NAME",
     "UNREADABLE_NOT_REGULAR",
+    "LabelIdentity",
     "LabelledOutput",
     "Manifest",
     "OutputError",
+    "Pointer",
     "RunSummary",
-    "committed_file",
+    "card_is_current",
+    "current_files",
+    "data_file",
     "data_file_name",
-    "data_files",
+    "data_folder",
+    "data_folder_name",
     "error_class",
+    "folder_files",
     "foreign_files",
     "is_hidden",
     "is_hidden_path",
+    "is_our_card",
     "iso",
-    "journal_path",
     "lease_dir",
     "lease_path",
+    "legacy_files",
     "manifest_path",
     "mask_dtype_for",
     "new_run_id",
     "package_versions",
     "staged_file",
     "staging_dir",
+    "stale_folders",
+    "write_card",
 ]

@@ -1,34 +1,48 @@
-"""Where everything a run leaves lives under the output root, and which names readers skip.
+"""Where everything a run leaves lives under the output root, and which names are whose.
 
-    OUTPUT/part-<run_id>-<task>.parquet   the rows: complete files only
-    OUTPUT/_runs/<run_id>.json            one manifest per run
-    OUTPUT/_staging/<run_id>/             files not yet committed
-    OUTPUT/_lease/<generation>.json       who is writing the output now
+    OUTPUT/README.md                          the dataset card (Hugging Face), naming the data folder
+    OUTPUT/data-<run_id>/part-*.parquet       the rows: complete Parquet files only
+    OUTPUT/_sfp/current.json                  the pointer: which data folder is the output now
+    OUTPUT/_sfp/runs/<run_id>.json            one manifest per run
+    OUTPUT/_sfp/staging/<run_id>/             incremental files not yet committed
+    OUTPUT/_sfp/lease/<generation>.json       who is writing the output now
 
-Names starting with "_" or "." are not data: pyarrow, Spark and Ray skip them
-too, and the input listing skips them so an output inside its own input is
-never read back. See docs/design.md ("Output layout").
+A data folder is a version of the output: incremental runs add files to the
+current one; an overwrite writes a new one and flips the pointer (and the
+card) to it in one write, so a reader that goes through either never sees a
+mix. Names starting with "_" or "." are not data: pyarrow, Spark, polars and
+Hugging Face datasets skip them, and the input listing skips them so an
+output inside its own input is never read back. See docs/design.md
+("Output layout").
 """
 
 from __future__ import annotations
 
 import posixpath
 import re
+import secrets
 
 import pyarrow.fs as pafs
 
 from ..retry import Retry
 from ..storage import Location
 
-RUNS_DIR = "_runs"
-STAGING_DIR = "_staging"
-LEASE_DIR = "_lease"
+META_DIR = "_sfp"
+RUNS_DIR = f"{META_DIR}/runs"
+STAGING_DIR = f"{META_DIR}/staging"
+LEASE_DIR = f"{META_DIR}/lease"
+POINTER_FILE = f"{META_DIR}/current.json"
+CARD_FILE = "README.md"
+DATA_FOLDER_PREFIX = "data-"
 DATA_SUFFIX = ".parquet"
 MANIFEST_SUFFIX = ".json"
 _HIDDEN_PREFIXES = ("_", ".")
-COMMIT_JOURNAL = "_commit.json"  # inside a run's staging folder: what its overwrite commit replaces
-# Data files this project writes: top-level `part-<anything>.parquet` (see `data_file_name`).
-_OUR_DATA_FILE = re.compile(r"^part-[^/]+\.parquet$")
+_DATA_FOLDER = re.compile(r"^data-[0-9A-Za-z-]+$")
+# Data files this project writes: `data-<run_id>/part-<anything>.parquet` (see `data_file_name`).
+_OUR_DATA_FILE = re.compile(r"^data-[0-9A-Za-z-]+/part-[^/]+\.parquet$")
+# What older releases left at the output root (data files there, manifests under `_runs/`).
+_LEGACY_DATA_FILE = re.compile(r"^part-[^/]+\.parquet$")
+LEGACY_RUNS_DIR = "_runs"
 
 
 def is_hidden(name: str) -> bool:
@@ -41,9 +55,26 @@ def is_hidden_path(relative: str) -> bool:
     return any(is_hidden(part) for part in relative.split("/"))
 
 
+def data_folder_name(run_id: str) -> str:
+    """The data folder a run creates (the first run of an output, or an overwrite): named after it."""
+    return f"{DATA_FOLDER_PREFIX}{run_id}"
+
+
+def is_data_folder(name: str) -> bool:
+    return bool(_DATA_FOLDER.match(name))
+
+
 def data_file_name(run_id: str, task_index: int) -> str:
-    """A committed data file's name: from the run and Ray's task index, never from input names."""
+    """A data file's name: from the run and Ray's task index, never from input names."""
     return f"part-{run_id}-{task_index:06d}{DATA_SUFFIX}"
+
+
+def data_folder(output: Location, folder: str) -> str:
+    return output.join(folder)
+
+
+def data_file(output: Location, folder: str, name: str) -> str:
+    return output.join(folder, name)
 
 
 def staging_dir(output: Location, run_id: str | None = None) -> str:
@@ -52,10 +83,6 @@ def staging_dir(output: Location, run_id: str | None = None) -> str:
 
 def staged_file(output: Location, run_id: str, name: str) -> str:
     return output.join(STAGING_DIR, run_id, name)
-
-
-def committed_file(output: Location, name: str) -> str:
-    return output.join(name)
 
 
 def runs_dir(output: Location) -> str:
@@ -74,8 +101,12 @@ def lease_path(output: Location, generation: int) -> str:
     return output.join(LEASE_DIR, f"{generation:012d}{MANIFEST_SUFFIX}")
 
 
-def journal_path(output: Location, run_id: str) -> str:
-    return output.join(STAGING_DIR, run_id, COMMIT_JOURNAL)
+def pointer_path(output: Location) -> str:
+    return output.join(POINTER_FILE)
+
+
+def card_path(output: Location) -> str:
+    return output.join(CARD_FILE)
 
 
 def is_our_data_file(relative: str) -> bool:
@@ -83,7 +114,7 @@ def is_our_data_file(relative: str) -> bool:
     return bool(_OUR_DATA_FILE.match(relative))
 
 
-def _visible_files(output: Location, retry: Retry) -> list[str]:
+def visible_files(output: Location, retry: Retry) -> list[str]:
     """Paths, relative to the output root, of every file a reader of the folder would see."""
     fs = output.filesystem()
     if retry.call(f"listing {output.uri}", lambda: fs.get_file_info(output.path)).type != pafs.FileType.Directory:
@@ -94,11 +125,65 @@ def _visible_files(output: Location, retry: Retry) -> list[str]:
     return sorted(path for path in relative if not is_hidden_path(path))
 
 
-def data_files(output: Location, retry: Retry) -> list[str]:
-    """Paths of the committed data files, sorted: what every reader of the output sees."""
-    return [output.join(path) for path in _visible_files(output, retry) if is_our_data_file(path)]
+def folder_files(output: Location, folder: str, retry: Retry) -> list[str]:
+    """Paths of the data files in one data folder, sorted (none when it does not exist)."""
+    fs = output.filesystem()
+    selector = pafs.FileSelector(data_folder(output, folder), allow_not_found=True)
+    entries = retry.call(f"listing {output.uri_of(data_folder(output, folder))}", lambda: fs.get_file_info(selector))
+    return sorted(
+        e.path for e in entries if e.type == pafs.FileType.File and is_our_data_file(f"{folder}/{e.base_name}")
+    )
 
 
-def foreign_files(output: Location, retry: Retry) -> list[str]:
-    """Files under the output root that this project did not write (relative paths)."""
-    return [path for path in _visible_files(output, retry) if not is_our_data_file(path)]
+def data_folders(output: Location, retry: Retry) -> list[str]:
+    """Names of the data folders under the output root, current or not."""
+    fs = output.filesystem()
+    selector = pafs.FileSelector(output.path, allow_not_found=True)
+    entries = retry.call(f"listing {output.uri}", lambda: fs.get_file_info(selector))
+    return sorted(e.base_name for e in entries if e.type == pafs.FileType.Directory and is_data_folder(e.base_name))
+
+
+def legacy_files(output: Location, retry: Retry) -> list[str]:
+    """What an older release left at the root (data files there, `_runs/`): relative paths, or none."""
+    fs = output.filesystem()
+    selector = pafs.FileSelector(output.path, allow_not_found=True)
+    entries = retry.call(f"listing {output.uri}", lambda: fs.get_file_info(selector))
+    return sorted(
+        e.base_name
+        for e in entries
+        if (e.type == pafs.FileType.File and _LEGACY_DATA_FILE.match(e.base_name))
+        or (e.type == pafs.FileType.Directory and e.base_name == LEGACY_RUNS_DIR)
+    )
+
+
+def replace_file(output: Location, path: str, data: bytes, retry: Retry) -> None:
+    """Write a small file whole: staged under `_sfp/` beside nothing a reader lists, then moved onto `path`.
+
+    A move is a rename locally and one copy on object stores, so a reader
+    finds the old bytes or the new ones, never a part.
+    """
+    fs = output.filesystem()
+    partial = output.join(META_DIR, f"partial-{secrets.token_hex(6)}-{posixpath.basename(path)}")
+
+    def write() -> None:
+        fs.create_dir(posixpath.dirname(path), recursive=True)
+        fs.create_dir(posixpath.dirname(partial), recursive=True)
+        with fs.open_output_stream(partial) as stream:
+            stream.write(data)
+        fs.move(partial, path)
+
+    retry.call(f"writing {output.uri_of(path)}", write)
+
+
+def read_small_file(output: Location, path: str, retry: Retry) -> bytes | None:
+    """The bytes of a small file we wrote (pointer, card), or None when it does not exist."""
+    fs = output.filesystem()
+
+    def read() -> bytes | None:
+        try:
+            with fs.open_input_stream(path) as stream:
+                return stream.read()
+        except FileNotFoundError:
+            return None
+
+    return retry.call(f"reading {output.uri_of(path)}", read)

@@ -1,11 +1,10 @@
-"""Per-run records: the typed manifest under `_runs/` (written and read by this class only), and the
+"""Per-run records: the typed manifest under `_sfp/runs/` (written and read by this class only), and the
 `RunSummary` that `label` returns."""
 
 from __future__ import annotations
 
 import importlib.metadata
 import platform
-import posixpath
 import secrets
 import time
 from dataclasses import asdict, dataclass
@@ -16,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..retry import Retry
 from ..storage import Location, Redactor
-from .layout import MANIFEST_SUFFIX, manifest_path, runs_dir
+from .layout import MANIFEST_SUFFIX, manifest_path, replace_file, runs_dir
 
 RUN_RUNNING = "running"
 RUN_SUCCEEDED = "succeeded"
@@ -70,7 +69,7 @@ class RunCounts(_Record):
 
 
 class Manifest(_Record):
-    """What one run set out to do and what it did; `_runs/<run_id>.json`."""
+    """What one run set out to do and what it did; `_sfp/runs/<run_id>.json`."""
 
     run_id: str = ""
     run_name: str | None = None
@@ -120,19 +119,8 @@ class Manifest(_Record):
         return self.model_copy(update={"status": RUN_FAILED, "ended_at": iso(ended_at), "error": error, "files": files})
 
     def write(self, output: Location, redact: Redactor, retry: Retry) -> None:
-        """Write (or replace) `_runs/<run_id>.json` whole: staged beside it, then moved into place."""
-        fs = output.filesystem()
-        final = manifest_path(output, self.run_id)
-        partial = f"{final}.partial"
-        data = redact(self.model_dump_json(indent=2)).encode()
-
-        def write() -> None:
-            fs.create_dir(posixpath.dirname(final), recursive=True)
-            with fs.open_output_stream(partial) as stream:
-                stream.write(data)
-            fs.move(partial, final)
-
-        retry.call(f"writing {output.uri_of(final)}", write)
+        """Write (or replace) `_sfp/runs/<run_id>.json` whole."""
+        replace_file(output, manifest_path(output, self.run_id), redact(self.model_dump_json(indent=2)).encode(), retry)
 
     @classmethod
     def read_all(cls, output: Location, retry: Retry) -> list[Manifest]:

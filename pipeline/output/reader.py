@@ -1,41 +1,62 @@
-"""Read a finished output: its committed Parquet rows and its run manifests, through the layout's rules.
+"""Read a finished output: the current data folder's rows (through the pointer) and the run manifests.
 
-The committed data is exactly the files `layout.data_files` lists; staging,
-manifests and leases are never read as rows.
+`LabelledOutput` is what show/export/eval/render use; `read_labels` is the
+public read helper: one `LabelledImage` per row, masks as numpy arrays,
+streamed batch by batch from any URI the pipeline writes to.
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
+from PIL import Image
 
 from sfp_core import UserError
 
 from ..retry import Retry
 from ..storage import Location
-from .layout import data_files
+from .identity import LabelIdentity
+from .layout import folder_files, legacy_files
 from .manifest import Manifest
+from .rows import STATUS_OK
+from .versions import Pointer
 
 BATCH_ROWS = 1024
+_STAT_COLUMNS = ("mean_confidence", "outlier_count", "outlier_ratio", "score_min", "score_mean", "score_max", "windows")
+_HELPER_COLUMNS = ("image_id", "uri", "status", "error", "width", "height", "mask_png", "class_ids", *_STAT_COLUMNS)
 
 
 class OutputError(UserError, ValueError):
     """The URI holds no labelling output (missing, empty, or not ours)."""
 
 
+class LegacyOutputLayout(OutputError):
+    """An output written by sfp-label 0.1 (data files at its root): `sfp-label upgrade` moves it."""
+
+
+def legacy_advice(uri: str, found: list[str]) -> str:
+    return (
+        f"{uri} has the layout of sfp-label 0.1 ({', '.join(found[:2])} at its root); run `sfp-label upgrade {uri}` "
+        "once to move its files into a data folder with a pointer and a dataset card (nothing is labelled again)"
+    )
+
+
 @dataclass
 class LabelledOutput:
-    """A labelling output: its committed rows and the manifests of the runs that wrote it."""
+    """A labelling output: its current rows, what they mean, and the manifests of the runs that wrote it."""
 
     uri: str
     location: Location
     dataset: ds.Dataset
     manifests: list[Manifest]
+    pointer: Pointer | None = None
 
     @classmethod
     def open(
@@ -47,14 +68,19 @@ class LabelledOutput:
         info = retry.call(f"opening {location.uri}", lambda: fs.get_file_info(location.path))
         if info.type != pafs.FileType.Directory:
             raise OutputError(f"{uri}: no such output folder")
+        legacy = legacy_files(location, retry)
+        if legacy:
+            raise LegacyOutputLayout(legacy_advice(uri, legacy))
+        pointer = Pointer.read(location, retry)
+        files = folder_files(location, pointer.data, retry) if pointer else []
         try:
-            dataset = ds.dataset(data_files(location, retry), filesystem=fs, format="parquet")
+            dataset = ds.dataset(files, filesystem=fs, format="parquet")
         except (pa.ArrowInvalid, OSError) as exc:
             raise OutputError(f"{uri}: not a Parquet output ({exc})") from exc
-        return cls(uri, location, dataset, Manifest.read_all(location, retry))
+        return cls(uri, location, dataset, Manifest.read_all(location, retry), pointer)
 
     def batches(self, columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
-        """Stream the committed rows, only the given columns (masks stay unread unless asked for)."""
+        """Stream the current rows, only the given columns (masks stay unread unless asked for)."""
         missing = [name for name in columns if name not in self.dataset.schema.names]
         if missing and self.dataset.files:
             raise OutputError(f"{self.uri}: rows have no column {', '.join(missing)}")
@@ -69,9 +95,71 @@ class LabelledOutput:
         record = live_lease(self.location, Retry(patience_s=10))
         return record.job if record else None
 
+    @property
+    def identity(self) -> LabelIdentity | None:
+        return self.pointer.identity if self.pointer else None
+
     def class_names(self) -> list[str] | None:
-        """Display names of the classes (index = mask value), from the newest manifest that names them."""
-        for manifest in reversed(self.manifests):
-            if manifest.class_names:
-                return manifest.class_names
+        """Display names of the classes (index = mask value)."""
+        return self.identity.class_names if self.identity else None
+
+
+@dataclass(frozen=True)
+class LabelledImage:
+    """One row of an output, decoded: `mask` is H x W class indices, `confidence` H x W floats in [0, 1]."""
+
+    image_id: str
+    uri: str
+    status: str
+    error: str | None
+    width: int | None
+    height: int | None
+    mask: np.ndarray | None
+    confidence: np.ndarray | None
+    class_ids: list[int]  # classes present in the mask, ascending
+    class_names: list[str]  # their names, aligned with class_ids
+    stats: dict[str, float | int | None] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == STATUS_OK
+
+
+def read_labels(
+    uri: str, storage_options: dict[str, Any] | None = None, *, confidence: bool = False
+) -> Iterator[LabelledImage]:
+    """Every image of the output at `uri`, decoded, in file order; streams (one batch of rows in memory).
+
+    `confidence=True` also decodes the confidence maps (outputs written with
+    `output.confidence`; None otherwise).
+    """
+    output = LabelledOutput.open(uri, storage_options)
+    names = output.class_names() or []
+    columns = [*_HELPER_COLUMNS, *(["confidence_png"] if confidence else [])]
+    for batch in output.batches(columns):
+        for row in batch.to_pylist():
+            yield _decoded(row, names)
+
+
+def _decoded(row: dict[str, Any], names: list[str]) -> LabelledImage:
+    ids = row["class_ids"] or []
+    return LabelledImage(
+        image_id=row["image_id"],
+        uri=row["uri"],
+        status=row["status"],
+        error=row["error"],
+        width=row["width"],
+        height=row["height"],
+        mask=_png(row["mask_png"]),
+        confidence=None if row.get("confidence_png") is None else _png(row["confidence_png"]) / np.float32(255),
+        class_ids=ids,
+        class_names=[names[i] if i < len(names) else str(i) for i in ids],
+        stats={name: row[name] for name in _STAT_COLUMNS},
+    )
+
+
+def _png(data: bytes | None) -> np.ndarray | None:
+    if data is None:
         return None
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image)

@@ -1,0 +1,62 @@
+"""What fixes the meaning of an output's masks: model, vocabulary and SFP settings.
+
+It is recorded in the pointer (`versions.Pointer`), in every data file's
+Parquet key-value metadata (so a reader holding one file can name the
+classes) and in the dataset card. An incremental run whose identity differs
+from its output's is refused: one output never mixes two vocabularies.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
+
+METADATA_KEY = b"sfp_label"  # the Parquet key-value metadata entry holding an identity as JSON
+
+
+class LabelIdentity(BaseModel):
+    """The model, vocabulary (class names with their synonyms, index = mask value) and settings."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    arch: str
+    weights: str  # a public URI: never user info or query strings
+    classes: list[list[str]] = Field(default_factory=list)
+    vocabulary_fingerprint: str = ""
+    config: dict[str, Any] = Field(default_factory=dict)
+    config_hash: str = ""
+
+    @property
+    def class_names(self) -> list[str]:
+        """Display names (the first name of each class); index = mask value."""
+        return [names[0] for names in self.classes]
+
+    def conflict_with(self, other: LabelIdentity) -> str | None:
+        """What differs in a way that changes the masks (the weights' location may move), or None."""
+        if self.classes != other.classes:
+            return f"vocabulary {other.vocabulary_fingerprint} ({_shown(other.class_names)})"
+        if self.config_hash != other.config_hash:
+            return f"SFP settings {other.config_hash}"
+        if self.arch != other.arch:
+            return f"architecture {other.arch}"
+        return None
+
+    def describe(self) -> str:
+        return f"vocabulary {self.vocabulary_fingerprint} ({_shown(self.class_names)}), settings {self.config_hash}"
+
+    def schema_metadata(self) -> dict[bytes, bytes]:
+        return {METADATA_KEY: self.model_dump_json().encode()}
+
+    @classmethod
+    def from_schema(cls, schema: pa.Schema) -> LabelIdentity | None:
+        """The identity a data file's schema carries; None for files without one."""
+        raw = (schema.metadata or {}).get(METADATA_KEY)
+        return cls.model_validate(json.loads(raw)) if raw else None
+
+
+def _shown(names: list[str], limit: int = 4) -> str:
+    more = f", ... {len(names)} classes" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
