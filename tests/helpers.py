@@ -78,13 +78,44 @@ def error_row(image_id: str) -> dict:
 
 
 def write_output(root: Path, files: list[list[dict]], class_names: list[str] | None = NAMES) -> Path:
-    """An output folder as the pipeline commits it: Parquet files plus a run manifest naming the classes."""
-    root.mkdir(parents=True, exist_ok=True)
+    """An output folder as the pipeline commits it: a data folder of Parquet files, the pointer naming it
+    and the classes (none when `class_names` is None), and a run manifest."""
+    folder = root / "data-run1"
+    folder.mkdir(parents=True, exist_ok=True)
     for number, rows in enumerate(files):
-        pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), root / f"part-{number}.parquet")
+        pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), folder / f"part-{number}.parquet")
     if class_names is not None:
-        (root / "_runs").mkdir()
+        (root / "_sfp" / "runs").mkdir(parents=True)
         manifest = {"run_id": "run1", "started_at": "2026-01-01T00:00:00Z", "model": {"arch": "SFP-Tiny-16"}}
         manifest["vocabulary"] = {"classes": [[name] for name in class_names]}
-        (root / "_runs" / "run1.json").write_text(json.dumps(manifest))
+        (root / "_sfp" / "runs" / "run1.json").write_text(json.dumps(manifest))
+        identity = {"arch": "SFP-Tiny-16", "weights": "random", "classes": [[name] for name in class_names]}
+        pointer = {"data": "data-run1", "identity": identity, "created_by": "run1"}
+        (root / "_sfp" / "current.json").write_text(json.dumps(pointer))
     return root
+
+
+def data_dir(output: Path) -> Path:
+    """The output's current data folder, as the pointer names it (read here as plain JSON)."""
+    return output / json.loads((output / "_sfp" / "current.json").read_text())["data"]
+
+
+def data_paths(output: Path) -> list[Path]:
+    """The current data files, sorted."""
+    return sorted(data_dir(output).glob("part-*.parquet"))
+
+
+def output_table(output: Path, columns: list[str] | None = None) -> pa.Table:
+    """Every current row, read with pyarrow from the data folder the pointer names."""
+    import pyarrow.dataset as pads
+
+    return pads.dataset(str(data_dir(output)), format="parquet").to_table(columns=columns)
+
+
+def remote_output_table(fs, prefix: str, columns: list[str] | None = None) -> pa.Table:
+    """`output_table` for an output on a pyarrow filesystem (S3): the pointer read as plain JSON first."""
+    import pyarrow.dataset as pads
+
+    with fs.open_input_stream(f"{prefix}/_sfp/current.json") as stream:
+        folder = json.loads(stream.read())["data"]
+    return pads.dataset(f"{prefix}/{folder}", filesystem=fs, format="parquet").to_table(columns=columns)

@@ -96,6 +96,14 @@ class LabelledOutput:
         return record.job if record else None
 
     @property
+    def data_folder(self) -> str | None:
+        """Where the current rows are, for other Parquet readers: a path for local outputs, else a URI."""
+        if self.pointer is None:
+            return None
+        path = self.location.join(self.pointer.data)
+        return path if self.location.scheme == "file" else self.location.uri_of(path)
+
+    @property
     def identity(self) -> LabelIdentity | None:
         return self.pointer.identity if self.pointer else None
 

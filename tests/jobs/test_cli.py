@@ -99,15 +99,15 @@ def test_environment_feeds_the_job():
 
 def test_busy_when_another_run_holds_the_output(tmp_path):
     output = tmp_path / "out"
-    (output / "_lease").mkdir(parents=True)
+    (output / "_sfp" / "lease").mkdir(parents=True)
     record = {"holder": "x", "host": "elsewhere", "pid": 1, "job": "nightly", "acquired_at": time.time(),
               "expires_at": time.time() + 600, "released": False}  # fmt: skip
-    (output / "_lease" / "000000000001.json").write_text(json.dumps(record))
+    (output / "_sfp" / "lease" / "000000000001.json").write_text(json.dumps(record))
     (tmp_path / "images").mkdir()
     result = cli("run", str(tiny_job(tmp_path, output)))
     assert result.returncode == ExitCode.BUSY
     assert "job 'nightly' on elsewhere" in result.stderr
-    assert not (output / "_runs").exists()  # nothing was started
+    assert not (output / "_sfp" / "runs").exists()  # nothing was started
 
 
 def test_a_bug_exits_4_with_its_traceback(tmp_path, monkeypatch, capsys):

@@ -15,8 +15,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pyarrow.dataset as ds
-from helpers import ROOT
+from helpers import ROOT, output_table
 from PIL import Image
 
 from jobs.cli.exitcodes import ExitCode
@@ -36,7 +35,7 @@ def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
 
 
 def rows(output: Path) -> list[dict]:
-    return ds.dataset(output, format="parquet").to_table().to_pylist()
+    return output_table(output).to_pylist()
 
 
 def decode(png: bytes) -> np.ndarray:
@@ -54,11 +53,11 @@ def test_demo_job_as_the_readme_runs_it(tmp_path):
     assert f"{len(DEMO_PHOTOS)} ok, 0 error, 0 skipped" in first.stdout
 
     output = tmp_path / "out" / "demo"
-    table = ds.dataset(output, format="parquet").to_table()
+    table = output_table(output)
     assert set(DESIGN_COLUMNS) <= set(table.column_names)
     written = table.to_pylist()
     assert sorted(row["image_id"] for row in written) == DEMO_PHOTOS
-    manifests = [json.loads(path.read_text()) for path in (output / "_runs").glob("*.json")]
+    manifests = [json.loads(path.read_text()) for path in (output / "_sfp" / "runs").glob("*.json")]
     assert len(manifests) == 1 and manifests[0]["status"] == "succeeded"
     classes = manifests[0]["vocabulary"]["classes"]
     assert classes[2] == ["cat"]

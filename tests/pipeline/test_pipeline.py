@@ -17,7 +17,6 @@ from pathlib import Path
 
 import helpers
 import numpy as np
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 from helpers import run_label
@@ -36,7 +35,7 @@ RUN = {"vocabulary": VOCAB, "arch": ARCH, "config": CONFIG, "progress": False}
 
 
 def read_output(path: Path):
-    return pads.dataset(str(path), format="parquet").to_table()
+    return helpers.output_table(path)
 
 
 def png(data: bytes) -> np.ndarray:
@@ -61,12 +60,15 @@ def labelled(ray_local, image_corpus, tmp_path_factory):
 
 
 def test_every_input_exactly_once_with_a_mask_or_a_reason(labelled, image_corpus):
-    summary, table, output = labelled
+    summary, table, _ = labelled
     root, expected = image_corpus
     rows = table.to_pylist()
     ids = [row["image_id"] for row in rows]
     assert len(ids) == len(set(ids)) and set(ids) == set(expected)
-    assert pads.dataset(str(output), format="parquet").schema.equals(SCHEMA)
+    assert table.schema.equals(SCHEMA)
+    identity = json.loads(table.schema.metadata[b"sfp_label"])  # a reader of one file can name the classes
+    assert identity["classes"] == [list(names) for names in VOCAB.classes]
+    assert identity["config_hash"] == CONFIG.config_hash() and identity["arch"] == ARCH
     for row in rows:
         status, detail = expected[row["image_id"]]
         assert row["status"] == status, row["image_id"]
@@ -97,16 +99,17 @@ def test_every_input_exactly_once_with_a_mask_or_a_reason(labelled, image_corpus
 
 def test_run_records_a_manifest_and_leaves_no_staging(labelled):
     summary, table, output = labelled
-    assert not (output / "_staging").exists() and not (output / "_lock.json").exists()
-    manifest = json.loads((output / "_runs" / f"{summary.run_id}.json").read_text())
-    assert summary.manifest_uri == f"file://{output}/_runs/{summary.run_id}.json"
+    assert not (output / "_sfp" / "staging").exists()
+    manifest = json.loads((output / "_sfp" / "runs" / f"{summary.run_id}.json").read_text())
+    assert summary.manifest_uri == f"file://{output}/_sfp/runs/{summary.run_id}.json"
     assert manifest["status"] == "succeeded"
     assert manifest["counts"] == {"ok": summary.ok, "error": summary.error, "skipped": 0, "total": summary.total}
     assert manifest["config"] == CONFIG.to_dict() and manifest["config_hash"] == CONFIG.config_hash()
     assert manifest["images_per_second"] > 0 and manifest["ended_at"] >= manifest["started_at"]
     assert {"python", "torch", "ray", "pyarrow", "open_clip_torch", "sfp-label"} <= set(manifest["versions"])
-    assert sorted(manifest["files"]) == sorted(p.name for p in output.glob("*.parquet")) == list(summary.files)
-    assert len(summary.files) >= 2  # rows_per_file=5: several files, each complete
+    written = sorted(str(p.relative_to(output)) for p in output.glob("data-*/*.parquet"))
+    assert sorted(manifest["files"]) == written == list(summary.files)
+    assert len(summary.files) >= 2 and all(name.startswith(f"data-{summary.run_id}/") for name in summary.files)
     assert sum(pq.read_metadata(output / name).num_rows for name in summary.files) == table.num_rows
 
 
@@ -192,13 +195,29 @@ def test_overwrite_swaps_the_output_and_readers_never_see_a_mix(ray_local, image
     assert set(table.column("run_id").to_pylist()) == {new.run_id}
     assert sorted(table.column("image_id").to_pylist()) == names[4:10]
 
-    before = sorted(p.name for p in output.glob("*.parquet"))
+    assert (output / f"data-{old.run_id}").is_dir()  # replaced, kept for readers that resolved it just before
+
+    before = sorted(str(p.relative_to(output)) for p in output.rglob("*.parquet"))
     with pytest.raises(Exception, match="sha256"):
         run_label(str(source), str(output), weights=GOLDEN_WEIGHTS, weights_sha256="0" * 64, mode="overwrite", **RUN)
-    assert sorted(p.name for p in output.glob("*.parquet")) == before  # a failed overwrite changes nothing
-    failed = [json.loads(p.read_text()) for p in (output / "_runs").glob("*.json")]
+    assert sorted(str(p.relative_to(output)) for p in output.rglob("*.parquet")) == before  # nothing changed
+    failed = [json.loads(p.read_text()) for p in (output / "_sfp" / "runs").glob("*.json")]
     assert [m["status"] for m in failed].count("failed") == 1
-    assert not (output / "_staging").exists() and not (output / "_lock.json").exists()
+    assert not (output / "_sfp" / "staging").exists()
+
+
+def test_a_replaced_data_folder_goes_once_its_time_is_up(ray_local, image_corpus, tmp_path, monkeypatch):
+    root, expected = image_corpus
+    names = sorted(n for n, (status, _) in expected.items() if status == "ok")[:2]
+    source, output = tmp_path / "in", tmp_path / "out"
+    copy_images(root, names, source)
+    first = run_label(str(source), str(output), weights="random", mode="overwrite", **RUN)
+    second = run_label(str(source), str(output), weights="random", mode="overwrite", **RUN)
+    assert sorted(p.name for p in output.glob("data-*")) == [f"data-{first.run_id}", f"data-{second.run_id}"]
+    monkeypatch.setattr("pipeline.output.versions.KEEP_REPLACED_S", 0.0)
+    third = run_label(str(source), str(output), weights="random", mode="incremental", **RUN)
+    assert third.skipped == 2 and [p.name for p in output.glob("data-*")] == [f"data-{second.run_id}"]
+    assert json.loads((output / "_sfp" / "current.json").read_text())["replaced"] == []
 
 
 def test_killed_driver_then_incremental_rerun_is_exactly_once(ray_local, image_corpus, tmp_path):
@@ -228,7 +247,7 @@ def test_killed_driver_then_incremental_rerun_is_exactly_once(ray_local, image_c
         [sys.executable, "-c", driver], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     deadline = time.monotonic() + 150
-    while not list(output.glob("part-*.parquet")):
+    while not list(output.glob("data-*/part-*.parquet")):
         assert process.poll() is None, process.stderr.read().decode()[-3000:]
         assert time.monotonic() < deadline, "the driver committed nothing in time"
         time.sleep(0.2)
@@ -236,18 +255,18 @@ def test_killed_driver_then_incremental_rerun_is_exactly_once(ray_local, image_c
     process.wait(timeout=30)
     committed = read_image_ids(str(output))
     assert 0 < len(committed) < len(names), "the driver was not killed midway"
-    (dead_run,) = [p.name for p in (output / "_staging").iterdir()]
-    half = output / "_staging" / dead_run / "part-half-written.parquet"
-    half.write_bytes(next(output.glob("part-*.parquet")).read_bytes()[:300])  # as if cut off mid-write
+    (dead_run,) = [p.name for p in (output / "_sfp" / "staging").iterdir()]
+    half = output / "_sfp" / "staging" / dead_run / "part-half-written.parquet"
+    half.write_bytes(next(output.glob("data-*/part-*.parquet")).read_bytes()[:300])  # as if cut off mid-write
     assert sorted(read_output(output).column("image_id").to_pylist()) == sorted(committed)  # staged files: not data
 
     summary = run_label(str(source), str(output), weights="random", mode="incremental", **RUN)
     ids = read_output(output).column("image_id").to_pylist()
     assert sorted(ids) == names  # every image exactly once: no duplicates, none missing
     assert summary.skipped == len(committed) and summary.ok == len(names) - len(committed)
-    statuses = sorted(json.loads(p.read_text())["status"] for p in (output / "_runs").glob("*.json"))
+    statuses = sorted(json.loads(p.read_text())["status"] for p in (output / "_sfp" / "runs").glob("*.json"))
     assert statuses == ["running", "succeeded"]  # the killed run never finished its manifest
-    assert not (output / "_staging").exists()  # the dead run's staged files, the partial one too, are gone
+    assert not (output / "_sfp" / "staging").exists()  # the dead run's staged files, the partial one too, are gone
 
 
 def test_empty_and_missing_inputs(ray_local, tmp_path):
@@ -255,7 +274,7 @@ def test_empty_and_missing_inputs(ray_local, tmp_path):
     (tmp_path / "empty" / "readme.txt").write_text("no images here")
     summary = run_label(str(tmp_path / "empty"), str(tmp_path / "out"), weights="random", **RUN)
     assert (summary.total, summary.ok, summary.error, summary.files) == (0, 0, 0, ())
-    assert (tmp_path / "out" / "_runs" / f"{summary.run_id}.json").exists()
+    assert (tmp_path / "out" / "_sfp" / "runs" / f"{summary.run_id}.json").exists()
     with pytest.raises(FileNotFoundError, match="does not exist"):
         run_label(str(tmp_path / "nowhere"), str(tmp_path / "out"), weights="random", **RUN)
 
@@ -293,15 +312,16 @@ def test_incremental_runs_label_unreadable_files_again_and_keep_each_image_once(
     assert len(ids) == len(set(ids)) == len(names) + 2
 
 
-@pytest.mark.parametrize("stop_at", ["journal", "deleted", "moved"])
-def test_an_overwrite_killed_mid_commit_is_completed_by_the_next_run(ray_local, image_corpus, tmp_path, stop_at):
-    """Killed after its journal, after deleting one old file, or after moving one new file: the next run
-    rolls the commit forward, and the output holds exactly the new run's rows, never a mix."""
+@pytest.mark.parametrize("stop_at", ["written", "flipped"])
+def test_an_overwrite_killed_mid_commit_leaves_one_whole_version(ray_local, image_corpus, tmp_path, stop_at):
+    """Killed with every file written but before the pointer flip, the old version stands and the next run
+    deletes the new folder; killed after the flip (before the card), the new one stands and the card is
+    repaired. Never a mix."""
     root, expected = image_corpus
     names = sorted(n for n, (status, _) in expected.items() if status == "ok")
     source, output = tmp_path / "in", tmp_path / "out"
     copy_images(root, names[:3], source)
-    run_label(str(source), str(output), weights="random", mode="overwrite", rows_per_file=1, **RUN)
+    old = run_label(str(source), str(output), weights="random", mode="overwrite", rows_per_file=1, **RUN)
     shutil.rmtree(source)
     copy_images(root, names[3:6], source)
     driver = textwrap.dedent(
@@ -312,7 +332,7 @@ def test_an_overwrite_killed_mid_commit_is_completed_by_the_next_run(ray_local, 
         from sfp_core import SFPConfig, Vocabulary
 
         def stop(step):
-            if step.startswith({stop_at!r}):
+            if step == {stop_at!r}:
                 os.kill(os.getpid(), signal.SIGKILL)
 
         pipeline.sink.commit_step_hook = stop
@@ -329,13 +349,21 @@ def test_an_overwrite_killed_mid_commit_is_completed_by_the_next_run(ray_local, 
     env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
     killed = subprocess.run([sys.executable, "-c", driver], env=env, capture_output=True, timeout=200)
     assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-3000:]
-    (journalled,) = [p.name for p in (output / "_staging").iterdir()]
+    (killed_folder,) = [p.name for p in output.glob("data-*") if p.name != f"data-{old.run_id}"]
+    killed_run = killed_folder.removeprefix("data-")
+    card = (output / "README.md").read_text()
+    assert f"path: data-{old.run_id}/*.parquet" in card  # the card is written after the flip
+    flipped = stop_at == "flipped"
+    winner, want = (killed_run, names[3:6]) if flipped else (old.run_id, names[:3])
+    assert set(read_output(output).column("run_id").to_pylist()) == {winner}
 
     after = run_label(str(source), str(output), weights="random", mode="incremental", **RUN)
     table = read_output(output)
-    assert set(table.column("run_id").to_pylist()) == {journalled}  # all new: the killed run's rows
-    assert sorted(table.column("image_id").to_pylist()) == names[3:6]
-    assert after.ok + after.error == 0 and not (output / "_staging").exists()
+    assert set(table.column("run_id").to_pylist()) == ({winner} if flipped else {old.run_id, after.run_id})
+    assert sorted(table.column("image_id").to_pylist()) == sorted(set(want) | set(names[3:6]))
+    assert (output / killed_folder).is_dir() == flipped  # an unflipped folder is deleted by the next run
+    assert f"path: data-{winner}/*.parquet" in (output / "README.md").read_text()
+    assert not (output / "_sfp" / "staging").exists()
 
 
 def test_foreign_files_in_the_output_are_refused_or_left_alone(ray_local, image_corpus, tmp_path):
@@ -348,7 +376,7 @@ def test_foreign_files_in_the_output_are_refused_or_left_alone(ray_local, image_
     precious.write_bytes(b"someone else's data")
     with pytest.raises(ForeignFilesInOutput, match=r"other_dataset/year=2024/precious\.parquet"):
         run_label(str(source), str(output), weights="random", mode="overwrite", **RUN)
-    assert not (output / "_runs").exists()  # refused before anything was written
+    assert not (output / "_sfp").exists()  # refused before anything was written
     for _ in range(2):
         run_label(str(source), str(output), weights="random", mode="overwrite", allow_foreign_files=True, **RUN)
     assert precious.read_bytes() == b"someone else's data"  # overwrite deletes only what sfp-label wrote

@@ -23,9 +23,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow.dataset as ds
 import pytest
-from helpers import ROOT
+from helpers import ROOT, output_table
 
 BIN = Path(sys.executable).parent
 
@@ -122,7 +121,7 @@ def test_ray_job_submit_runs_a_job_file(ray_head, tmp_path):
     assert "4 ok, 0 error, 0 skipped" in result.stdout  # the entrypoint's own output, streamed back
     assert "succeeded" in result.stdout.lower()
     photos = sorted(path.name for path in (ROOT / "examples" / "images").glob("*.jpg"))
-    table = ds.dataset(output, format="parquet").to_table(columns=["image_id", "status", "model"])
+    table = output_table(Path(output), columns=["image_id", "status", "model"])
     assert sorted(table.column("image_id").to_pylist()) == photos
     assert set(table.column("status").to_pylist()) == {"ok"}
     assert set(table.column("model").to_pylist()) == {"SFP-Tiny-16:random"}

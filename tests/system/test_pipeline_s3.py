@@ -11,10 +11,9 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
-import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pytest
-from helpers import run_label
+from helpers import remote_output_table, run_label
 from PIL import Image
 
 from pipeline import read_image_ids
@@ -81,7 +80,7 @@ def test_s3_runs_label_every_image_once_and_leak_no_credentials(
     common = {"input_storage_options": where, "output_storage_options": output_options, **RUN}
 
     first = run_label("s3://sfp-input/corpus", output, mode="incremental", confidence=True, rows_per_file=6, **common)
-    table = pads.dataset("sfp-output/labels/corpus", filesystem=fs, format="parquet").to_table()
+    table = remote_output_table(fs, "sfp-output/labels/corpus")
     ids = table.column("image_id").to_pylist()
     assert len(ids) == len(set(ids)) and set(ids) == set(expected)
     for row in table.to_pylist():
@@ -94,9 +93,9 @@ def test_s3_runs_label_every_image_once_and_leak_no_credentials(
         else:
             assert row["error"].startswith(f"{detail}: ") and row["mask_png"] is None
     assert (first.total, first.skipped, first.ok + first.error) == (len(expected), 0, len(expected))
-    assert first.output_uri == output and first.manifest_uri.startswith(f"{output}/_runs/")
+    assert first.output_uri == output and first.manifest_uri.startswith(f"{output}/_sfp/runs/")
     manifest = json.loads(
-        objects(fs, "sfp-output/labels/corpus/_runs")[f"sfp-output/labels/corpus/_runs/{first.run_id}.json"]
+        objects(fs, "sfp-output/labels/corpus/_sfp/runs")[f"sfp-output/labels/corpus/_sfp/runs/{first.run_id}.json"]
     )
     assert manifest["status"] == "succeeded"
     assert manifest["output"]["storage_options"] == {**where, "key": "<redacted>", "secret": "<redacted>"}
@@ -111,10 +110,10 @@ def test_s3_runs_label_every_image_once_and_leak_no_credentials(
         fs.copy_file(f"sfp-input/corpus/{image_id}", f"sfp-input/subset/{image_id}")
     replaced = run_label("s3://sfp-input/subset", output, mode="overwrite", **common)
     assert read_image_ids(output, output_options) == set(subset)
-    table = pads.dataset("sfp-output/labels/corpus", filesystem=fs, format="parquet").to_table()
+    table = remote_output_table(fs, "sfp-output/labels/corpus")
     assert set(table.column("run_id").to_pylist()) == {replaced.run_id}
     final = objects(fs, "sfp-output")
-    assert not [p for p in final if "/_staging/" in p or p.endswith("_lock.json")]
+    assert not [p for p in final if "/_sfp/staging/" in p or "/partial-" in p]
     written.update(final)
 
     # No credential in any object a run wrote, in what it printed or logged, or in Ray's session logs.
@@ -140,6 +139,6 @@ def test_a_run_configured_only_through_environment_variables(ray_local, s3_serve
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     summary = run_label("s3://sfp-env-in/corpus", "s3://sfp-env-out/labels", storage_retry_s=5, progress=False, **RUN)
     assert summary.total == len(expected) and summary.ok + summary.error == len(expected)
-    table = pads.dataset("sfp-env-out/labels", filesystem=fs, format="parquet").to_table()
+    table = remote_output_table(fs, "sfp-env-out/labels")
     assert sorted(table.column("image_id").to_pylist()) == sorted(expected)
-    assert objects(fs, "sfp-env-out/labels/_lease")  # the lease went to the same server as the data
+    assert objects(fs, "sfp-env-out/labels/_sfp/lease")  # the lease went to the same server as the data

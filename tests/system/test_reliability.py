@@ -28,7 +28,6 @@ from pathlib import Path
 
 import helpers
 import numpy as np
-import pyarrow.dataset as pads
 import pytest
 import ray
 from helpers import run_label
@@ -48,7 +47,7 @@ RUN = {"vocabulary": VOCAB, "arch": "SFP-Tiny-16", "weights": "random", "progres
 
 
 def rows(output: Path) -> list[dict]:
-    return pads.dataset(str(output), format="parquet").to_table().to_pylist()
+    return helpers.output_table(output).to_pylist()
 
 
 def jpeg(height: int, width: int, seed: int = 0) -> bytes:
@@ -118,7 +117,7 @@ def test_a_killed_actor_is_replaced_and_its_batch_retried(ray_local, tmp_path):
     time.sleep(1.0)  # well into its batches (each takes a fraction of a second)
     (actor_id, pid), *_ = predictor_pids().items()
     os.kill(pid, signal.SIGKILL)
-    done_at_kill = len(rows(output)) if list(output.glob("part-*.parquet")) else 0
+    done_at_kill = len(rows(output)) if list(output.glob("data-*/part-*.parquet")) else 0
     assert runner.is_alive() and done_at_kill < len(names), "the actor was not killed mid-run"
     runner.join(timeout=150)
 
@@ -220,9 +219,11 @@ def test_hostile_inputs_each_give_one_row_and_nothing_escapes_the_output(ray_loc
     assert {name: tree(tmp_path / name) for name in ("in", "outside")} == before
     assert sorted(os.listdir(tmp_path / "labels")) == ["out"]
     written = [p.relative_to(output).as_posix() for p in output.rglob("*") if p.is_file()]
-    data = [p for p in written if not p.startswith("_")]
-    assert data and all(p.startswith(f"part-{summary.run_id}-") and p.endswith(".parquet") for p in data)
-    assert all(p.split("/")[0] in ("_runs", "_lease") for p in written if p.startswith("_"))
+    data = [p for p in written if not p.startswith("_") and p != "README.md"]
+    folder = f"data-{summary.run_id}/part-{summary.run_id}-"
+    assert data and all(p.startswith(folder) and p.endswith(".parquet") for p in data)
+    assert all(p.split("/")[:2] in (["_sfp", "runs"], ["_sfp", "lease"], ["_sfp", "current.json"]) for p in written
+               if p.startswith("_"))  # fmt: skip
 
 
 # weights named by a job file -----------------------------------------------------------------------------

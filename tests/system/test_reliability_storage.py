@@ -15,10 +15,9 @@ from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pytest
-from helpers import run_label
+from helpers import remote_output_table, run_label
 from PIL import Image
 
 from pipeline import StorageUnavailable
@@ -82,7 +81,7 @@ def committed(server, prefix: str) -> list[str]:
 
 
 def output_ids(server, prefix: str) -> list[str]:
-    table = pads.dataset(prefix, filesystem=server.filesystem(), format="parquet").to_table(columns=["image_id"])
+    table = remote_output_table(server.filesystem(), prefix, columns=["image_id"])
     return table.column("image_id").to_pylist()
 
 
@@ -215,7 +214,7 @@ def test_an_outage_past_the_patience_fails_clearly_and_the_next_run_completes(ra
     again = run_label("s3://sfp-in/corpus", "s3://sfp-out/long", **options(server), **RUN)
     assert (again.skipped, again.ok, again.error) == (len(partial), len(IMAGES) - len(partial), 0)
     assert sorted(output_ids(server, "sfp-out/long")) == IMAGES
-    leftovers = server.filesystem().get_file_info(pafs.FileSelector("sfp-out/long/_staging", allow_not_found=True))
+    leftovers = server.filesystem().get_file_info(pafs.FileSelector("sfp-out/long/_sfp/staging", allow_not_found=True))
     assert leftovers == []  # the failed run's staged files were cleared by the next run
 
 

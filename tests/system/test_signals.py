@@ -13,8 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.dataset as pads
-from helpers import ROOT
+from helpers import ROOT, output_table
 from PIL import Image
 
 from jobs.cli.exitcodes import ExitCode
@@ -54,7 +53,7 @@ def test_sigterm_keeps_finished_work_releases_the_lease_and_exits_143(tmp_path):
     )
     output = tmp_path / "out"
     deadline = time.monotonic() + 240
-    while not list(output.glob("part-*.parquet")):
+    while not list(output.glob("data-*/part-*.parquet")):
         assert process.poll() is None, process.stderr.read()[-3000:]
         assert time.monotonic() < deadline, "nothing was committed in time"
         time.sleep(0.2)
@@ -62,15 +61,15 @@ def test_sigterm_keeps_finished_work_releases_the_lease_and_exits_143(tmp_path):
     _, err = process.communicate(timeout=60)
     assert process.returncode == ExitCode.TERMINATED, err[-3000:]
     assert "terminated" in err and "Traceback" not in err
-    leases = sorted((output / "_lease").glob("*.json"))
+    leases = sorted((output / "_sfp" / "lease").glob("*.json"))
     assert json.loads(leases[-1].read_text())["released"] is True  # the next run need not wait for a TTL
-    kept = pads.dataset(str(output), format="parquet").to_table().column("image_id").to_pylist()
+    kept = output_table(output).column("image_id").to_pylist()
     assert 0 < len(kept) < 40 and len(set(kept)) == len(kept)
     again = subprocess.run(
         [SFP_LABEL, "run", str(path), "--no-progress"], env=env, capture_output=True, text=True, timeout=600
     )
     assert again.returncode == 0, again.stderr[-3000:]
-    ids = pads.dataset(str(output), format="parquet").to_table().column("image_id").to_pylist()
+    ids = output_table(output).column("image_id").to_pylist()
     assert sorted(ids) == [f"img_{i:03d}.png" for i in range(40)]  # exactly once
 
 

@@ -59,18 +59,26 @@ def error_row(image_id: str, error: str) -> dict:
 
 
 def write_output(root: Path, rows: list[dict], classes: list[list[str]] = CLASSES) -> Path:
-    """An output as the pipeline commits it: Parquet data files, a manifest, and staging that is not data."""
-    (root / "_runs").mkdir(parents=True)
-    (root / "_staging").mkdir()
-    pq.write_table(pa.Table.from_pylist(rows[:2], schema=SCHEMA), root / "part-0.parquet")
-    pq.write_table(pa.Table.from_pylist(rows[2:], schema=SCHEMA), root / "part-1.parquet")
-    pq.write_table(pa.Table.from_pylist(rows[:1], schema=SCHEMA), root / "_staging" / "half-written.parquet")
+    """An output as the pipeline commits it: a data folder and the pointer naming it, a manifest, staging
+    that is not data, and an older data folder no pointer names."""
+    (root / "_sfp" / "runs").mkdir(parents=True)
+    (root / "_sfp" / "staging").mkdir()
+    (root / "data-run-1").mkdir()
+    (root / "data-run-0").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows[:2], schema=SCHEMA), root / "data-run-1" / "part-0.parquet")
+    pq.write_table(pa.Table.from_pylist(rows[2:], schema=SCHEMA), root / "data-run-1" / "part-1.parquet")
+    pq.write_table(pa.Table.from_pylist(rows[:1], schema=SCHEMA), root / "data-run-0" / "part-0.parquet")
+    pq.write_table(pa.Table.from_pylist(rows[:1], schema=SCHEMA), root / "_sfp" / "staging" / "half-written.parquet")
+    identity = {"arch": "SFP-Tiny-16", "weights": "random", "classes": classes}
+    (root / "_sfp" / "current.json").write_text(
+        json.dumps({"data": "data-run-1", "identity": identity, "created_by": "run-1"})
+    )
     manifest = {
         "run_id": "run-1", "status": "succeeded", "started_at": "2026-01-01T00:00:00Z",
         "vocabulary": {"classes": classes}, "model": {"arch": "SFP-Tiny-16", "weights": "random"},
         "counts": {"ok": 2, "error": 1, "skipped": 0, "total": 3}, "images_per_second": 2.5, "config_hash": "abc",
     }  # fmt: skip
-    (root / "_runs" / "run-1.json").write_text(json.dumps(manifest))
+    (root / "_sfp" / "runs" / "run-1.json").write_text(json.dumps(manifest))
     return root
 
 
@@ -192,7 +200,7 @@ def test_show_calls_a_running_run_without_the_lease_abandoned(tmp_path):
     mask = np.zeros((2, 2), np.uint8)
     root = write_output(tmp_path / "out", [ok_row(f"{i}.jpg", mask, None, []) for i in range(3)])
     dead = {"run_id": "run-2", "status": "running", "started_at": "2026-01-02T00:00:00Z"}
-    (root / "_runs" / "run-2.json").write_text(json.dumps(dead))
+    (root / "_sfp" / "runs" / "run-2.json").write_text(json.dumps(dead))
     result = cli("show", str(root), "--json")
     assert result.returncode == 0, result.stderr
     statuses = {run["run_id"]: run["status"] for run in json.loads(result.stdout)["runs"]}

@@ -111,7 +111,7 @@ def test_missing_label_files_and_error_rows_are_reported_not_dropped(voc_like, t
     output, gt_dir, gts, preds = voc_like
     (gt_dir / "0005.png").unlink()
     extra = write_output(tmp_path / "more", [[error_row("broken.jpg")]], class_names=None)
-    (output / "part-9.parquet").write_bytes((extra / "part-0.parquet").read_bytes())
+    (output / "data-run1" / "part-9.parquet").write_bytes((extra / "data-run1" / "part-0.parquet").read_bytes())
     code, out, err = run_eval(capsys, str(output), "--gt", str(gt_dir), "--out", str(tmp_path / "scores"))
     assert code == 0, err
     metrics = json.loads((tmp_path / "scores" / "metrics.json").read_text())

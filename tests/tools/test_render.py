@@ -21,10 +21,9 @@ from pathlib import Path
 
 import helpers
 import numpy as np
-import pyarrow.dataset as pads
 import pytest
 import websocket
-from helpers import run_label
+from helpers import output_table, run_label
 from PIL import Image
 
 from jobs.cli import main
@@ -69,7 +68,7 @@ def labelled(ray_local, tmp_path_factory) -> Path:
 def rendered(labelled, tmp_path_factory) -> tuple[Path, list[dict]]:
     directory = tmp_path_factory.mktemp("render") / "html"
     assert main(["render", str(labelled), str(directory)]) == 0
-    return directory, pads.dataset(str(labelled), format="parquet").to_table().to_pylist()  # the order render saw
+    return directory, output_table(labelled).to_pylist()  # the order render saw
 
 
 def pictures(directory: Path) -> list[str]:
@@ -136,8 +135,8 @@ def test_unreadable_sources_and_16_bit_masks_still_render(tmp_path, capsys):
     mask = np.arange(12 * 20, dtype=np.uint16).reshape(12, 20) + 50
     outliers = [{"window": 0, "window_y": 0, "window_x": 0, "row": 0, "col": 0, "score": 0.9,
                  "x0": 0, "y0": 0, "x1": 8, "y1": 8}]  # fmt: skip
-    output = write_output(tmp_path / "out", [[ok_row("gone.jpg", mask, outliers, uri=f"file://{tmp_path}/gone.jpg")]])
-    (output / "_runs" / "run1.json").write_text(json.dumps({"vocabulary": {"classes": [[n] for n in names]}}))
+    row = ok_row("gone.jpg", mask, outliers, uri=f"file://{tmp_path}/gone.jpg")
+    output = write_output(tmp_path / "out", [[row]], class_names=names)
     assert main(["render", str(output), str(tmp_path / "html"), "--limit", "0"]) == 0
     page = (tmp_path / "html" / "index.html").read_text()
     assert "source image unreadable" in page and "class 289" not in page  # only the top classes are listed
