@@ -18,7 +18,7 @@ from helpers import ROOT, data_dir, output_table, run_label
 from PIL import Image
 
 from jobs.cli import main
-from pipeline import LabelledOutput, LegacyOutputLayout, OutputLabelledDifferently, read_labels
+from pipeline import ForeignFilesInOutput, LabelledOutput, LegacyOutputLayout, OutputLabelledDifferently, read_labels
 from sfp_core import SFPConfig, Vocabulary
 
 pytestmark = pytest.mark.timeout(300)
@@ -192,7 +192,7 @@ def test_a_card_someone_else_wrote_is_foreign(ray_local, tmp_path):
     source, output = corpus(tmp_path / "in", PHOTOS[:1], broken=False), tmp_path / "out"
     output.mkdir()
     (output / "README.md").write_text("# my notes\n")
-    with pytest.raises(Exception, match="README.md"):
+    with pytest.raises(ForeignFilesInOutput, match=r"README\.md"):
         run_label(str(source), str(output), mode="incremental", **RUN)
     run_label(str(source), str(output), mode="incremental", allow_foreign_files=True, **RUN)
     assert (output / "README.md").read_text() == "# my notes\n"  # left alone, no card written over it
