@@ -11,11 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import (
     ForeignFilesInOutput,
+    InputHasNoImages,
     InputNotFound,
     LeaseHeld,
     LeaseLost,
     OutputLabelledDifferently,
     OutputNotADirectory,
+    OutputNotWritable,
     OutputVanished,
     StorageAccessDenied,
     StorageUnavailable,
@@ -23,6 +25,9 @@ from .errors import (
 )
 from .output import (
     DEFAULT_MAX_PIXELS,
+    RUN_FAILED,
+    RUN_RUNNING,
+    RUN_SUCCEEDED,
     SCHEMA,
     STATUS_ERROR,
     STATUS_OK,
@@ -34,6 +39,7 @@ from .output import (
     mask_dtype_for,
 )
 from .output.reader import LabelledImage, LegacyOutputLayout, read_labels
+from .progress import Progress, RunDisplay
 from .request import (
     DEFAULT_EXTENSIONS,
     Destination,
@@ -51,11 +57,15 @@ from .storage import fsspec_options, is_local_uri, path_of_uri
 if TYPE_CHECKING:
     from .decode import ImageError, decode_image
     from .labelling import ensure_ray, label
+    from .preflight import preflight
     from .upgrade import upgrade_output
 
 __all__ = [
     "DEFAULT_EXTENSIONS",
     "DEFAULT_MAX_PIXELS",
+    "RUN_FAILED",
+    "RUN_RUNNING",
+    "RUN_SUCCEEDED",
     "SCHEMA",
     "SECRET_ADVICE",
     "STATUS_ERROR",
@@ -63,6 +73,7 @@ __all__ = [
     "Destination",
     "ForeignFilesInOutput",
     "ImageError",
+    "InputHasNoImages",
     "InputNotFound",
     "LabelIdentity",
     "LabelRequest",
@@ -76,9 +87,12 @@ __all__ = [
     "OutputError",
     "OutputLabelledDifferently",
     "OutputNotADirectory",
+    "OutputNotWritable",
     "OutputVanished",
+    "Progress",
     "RequestSection",
     "Resources",
+    "RunDisplay",
     "RunSummary",
     "Source",
     "StorageAccessDenied",
@@ -93,6 +107,7 @@ __all__ = [
     "label",
     "mask_dtype_for",
     "path_of_uri",
+    "preflight",
     "read_image_ids",
     "read_labels",
     "upgrade_output",
@@ -106,6 +121,10 @@ def __getattr__(name: str) -> Any:
         from . import labelling
 
         return getattr(labelling, name)
+    if name == "preflight":
+        from . import preflight
+
+        return preflight.preflight
     if name == "upgrade_output":
         from . import upgrade
 

@@ -13,6 +13,10 @@ class InputNotFound(UserError, FileNotFoundError):
     """The input location does not exist."""
 
 
+class InputHasNoImages(UserError):
+    """The input holds no file with the request's extensions (and `input.allow_empty` is not set)."""
+
+
 class UnsupportedStorage(UserError, ValueError):
     """A URI names storage the pipeline cannot use as a folder (an archive, a web page)."""
 
@@ -23,6 +27,10 @@ class ForeignFilesInOutput(UserError):
 
 class OutputNotADirectory(UserError):
     """The output location exists and is a file: a run writes a folder of files there."""
+
+
+class OutputNotWritable(UserError, PermissionError):
+    """The output location cannot be written by this user or these credentials."""
 
 
 class OutputLabelledDifferently(UserError):

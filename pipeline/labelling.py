@@ -9,25 +9,19 @@ import logging
 import os
 import re
 import signal
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import pyarrow.fs as pafs
 import ray
 from ray.data import DataContext
 
-from sfp_core import SFPLabelError, check_weights
+from sfp_core import SFPLabelError
 
 from .decode import decode_batch
 from .encode import encode_batch
 from .errors import (
-    ForeignFilesInOutput,
-    InputNotFound,
-    OutputLabelledDifferently,
-    OutputNotADirectory,
     StorageAccessDenied,
     unwrap_task_error,
 )
@@ -35,32 +29,30 @@ from .lease import OutputLease
 from .output import (
     RUN_SUCCEEDED,
     SCHEMA,
-    LabelIdentity,
     Manifest,
     Pointer,
     RunSummary,
     card_is_current,
     data_folder_name,
-    foreign_files,
     is_our_card,
     iso,
-    legacy_files,
     manifest_path,
     new_run_id,
     package_versions,
     write_card,
 )
 from .output.manifest import InputRecord, ModelRecord, OutputRecord, ResourcesRecord, VocabularyRecord
-from .output.reader import LegacyOutputLayout, legacy_advice
 from .predict import SFPPredictor
+from .preflight import check_same_labels, preflight
+from .progress import ProgressCounter, RunDisplay
 from .relabel import drop_rows_to_relabel
 from .request import LabelRequest
 from .resume import drop_existing, existing_ids
 from .retry import Retry, is_access_denied
 from .settings import StageSettings
-from .sink import StagedParquetSink, commit_overwrite, discard_folder, remove_staging, tidy
+from .sink import FlushTimer, OutputWriter, WriterSettings, commit_overwrite, discard_folder, remove_staging, tidy
 from .source import list_images, read_files
-from .storage import Location, Redactor, fsspec_options, public_options, public_uri, redacted_logs
+from .storage import Location, Redactor, public_options, public_uri, redacted_logs
 
 log = logging.getLogger("pipeline")
 
@@ -88,9 +80,10 @@ class _Run:
     output: Location
     redact: Redactor
     retry: Retry
+    display: RunDisplay
 
     @classmethod
-    def start(cls, request: LabelRequest) -> _Run:
+    def start(cls, request: LabelRequest, display: RunDisplay) -> _Run:
         options = (request.input.storage_options, request.output.storage_options, request.model.storage_options)
         uris = (request.input.uri, request.output.uri, request.model.weights)
         return cls(
@@ -101,17 +94,7 @@ class _Run:
             output=Location.parse(request.output.uri, dict(request.output.storage_options)),
             redact=Redactor.for_options(*(dict(o) for o in options), uris=uris),
             retry=Retry(patience_s=request.output.storage_retry_s),
-        )
-
-    def identity(self) -> LabelIdentity:
-        request = self.request
-        return LabelIdentity(
-            arch=request.model.arch,
-            weights=public_uri(request.model.weights),
-            classes=[list(names) for names in request.vocabulary.classes],
-            vocabulary_fingerprint=request.vocabulary.fingerprint(),
-            config=request.config.to_dict(),
-            config_hash=request.config.config_hash(),
+            display=display,
         )
 
     def manifest(self) -> Manifest:
@@ -151,10 +134,10 @@ class _Run:
             versions=package_versions(),
         )
 
-    def summary(self, sink: StagedParquetSink, total: int, pending: int) -> RunSummary:
+    def summary(self, writer: OutputWriter, total: int, pending: int) -> RunSummary:
         ended = time.time()
-        written = sum(f.rows for f in sink.written)
-        ok = sum(f.ok for f in sink.written)
+        written = writer.rows
+        ok = sum(f.ok for f in writer.written)
         return RunSummary(
             run_id=self.run_id,
             run_name=self.request.run_name,
@@ -169,23 +152,24 @@ class _Run:
             images_per_second=round(written / (ended - self.started), 3),
             manifest_uri=self.output.uri_of(manifest_path(self.output, self.run_id)),
             config_hash=self.request.config.config_hash(),
-            files=tuple(sorted(f.name for f in sink.written)),
+            files=tuple(sorted(f.name for f in writer.written)),
         )
 
 
-def label(request: LabelRequest) -> RunSummary:
+def label(request: LabelRequest, display: RunDisplay | None = None) -> RunSummary:
     """Label every image of `request.input` with SFP, one Parquet row per image under `request.output`.
 
-    `incremental` skips image ids already in the output and commits each
-    finished file at once (a killed run loses at most the files in flight);
-    `overwrite` stages the whole run and swaps it in only when it succeeds.
-    Storage calls ride out outages of `output.storage_retry_s` seconds each.
-    Raises a `UserError` for what the request got wrong, a `RetryableError`
-    for storage or cluster trouble, `LeaseHeld` when another run writes the
-    output.
+    `incremental` skips image ids already in the output and commits a file
+    every `rows_per_file` rows or `commit_every_s` seconds, and what is
+    finished when interrupted; `overwrite` writes a new version and flips the
+    output to it only when the run succeeds. Storage calls ride out outages
+    of `output.storage_retry_s` seconds each. `display` receives progress.
+    Raises a `UserError` for what the request got wrong (`preflight`, before
+    Ray starts), a `RetryableError` for storage or cluster trouble,
+    `LeaseHeld` when another run writes the output.
     """
-    run = _Run.start(request)
-    _check_before_starting(run)
+    run = _Run.start(request, display or RunDisplay())
+    preflight(request, retry=run.retry)
     manifest = run.manifest()
     with redacted_logs(run.redact), OutputLease(run.output, request.run_name or run.run_id, retry=run.retry) as lease:
         previous = _prepare_output(run)
@@ -195,86 +179,36 @@ def label(request: LabelRequest) -> RunSummary:
             again = drop_rows_to_relabel(run.output, run.run_id, request.output.retry_errors, run.retry)
             if again:
                 log.info("%d error rows (%s) will be labelled again", again, request.output.retry_errors)
-        sink = StagedParquetSink(
-            run.output,
-            run.run_id,
-            folder,
-            SCHEMA.with_metadata(run.identity().schema_metadata()),
-            commit_each_file=request.incremental,
-            rows_per_file=request.output.rows_per_file,
-            claim=lease.claim,
-            retry=run.retry,
-        )
+        writer = _writer(run, folder, lease)
         try:
-            pending, total = _label_todo(run, sink)
-            current = _commit(run, lease, sink, pending, previous, folder)
+            pending, total = _label_todo(run, writer)
+            current = _commit(run, lease, writer, pending, previous, folder)
         except BaseException as exc:
             cause = _user_facing(exc, run)
-            _record_failure(run, manifest, cause, sink)
+            _record_failure(run, manifest, cause, writer)
             if cause is exc:
                 raise
             raise cause from exc
-        summary = run.summary(sink, total, pending)
+        summary = run.summary(writer, total, pending)
         manifest.succeeded(summary, time.time()).write(run.output, run.redact, run.retry)
         _write_card(run, current)
-    line = run.redact(summary.one_line())
-    log.info(line)
-    if request.progress:
-        print(line, file=sys.stderr, flush=True)
+    log.info(run.redact(summary.one_line()))
     return summary
 
 
-def _check_before_starting(run: _Run) -> None:
-    """What the request got wrong and can be known without Ray: found before the lease or any write."""
-    model = run.request.model
-    check_weights(model.arch, model.weights, storage_options=fsspec_options(model.weights, dict(model.storage_options)))
-    try:
-        kinds = [_kind(run, run.source, "input"), _kind(run, run.output, "output")]
-    except Exception as exc:
-        raise _user_facing(exc, run) from exc
-    if kinds[0] == pafs.FileType.NotFound:
-        raise InputNotFound(f"input {run.source.uri} does not exist; check input.uri")
-    if kinds[1] == pafs.FileType.File:
-        raise OutputNotADirectory(
-            f"output {run.output.uri} is a file; output.uri must name a folder (or prefix) for the run's files"
-        )
-    if kinds[1] == pafs.FileType.Directory:
-        _check_output_folder(run)
-
-
-def _check_output_folder(run: _Run) -> None:
-    """An existing output: the current layout, no files of others, and (incremental) the same labels."""
-    legacy = legacy_files(run.output, run.retry)
-    if legacy:
-        raise LegacyOutputLayout(legacy_advice(run.output.uri, legacy))
-    if run.request.incremental:
-        _check_same_labels(run, Pointer.read(run.output, run.retry))
-    if not run.request.output.allow_foreign_files:
-        foreign = foreign_files(run.output, run.retry)
-        if foreign:
-            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-            raise ForeignFilesInOutput(
-                f"output {run.output.uri} holds files sfp-label did not write ({shown}); use an output folder "
-                "of its own, or set output.allow_foreign_files: true (they are then left alone, never deleted)"
-            )
-
-
-def _check_same_labels(run: _Run, pointer: Pointer | None) -> None:
-    """One output, one vocabulary and one set of SFP settings: an incremental run may not mix in others."""
-    conflict = pointer.identity.conflict_with(run.identity()) if pointer else None
-    if conflict:
-        raise OutputLabelledDifferently(
-            f"output {run.output.uri} was labelled with {pointer.identity.describe()}; this run has {conflict}. "
-            "Label into a new output, or use output.mode: overwrite to replace its labels"
-        )
+def _writer(run: _Run, folder: str, lease: OutputLease) -> OutputWriter:
+    destination = run.request.output
+    settings = WriterSettings(destination.rows_per_file, destination.commit_every_s, run.request.incremental)
+    schema = SCHEMA.with_metadata(run.request.identity().schema_metadata())
+    return OutputWriter(run.output, run.run_id, folder, schema, settings, claim=lease.claim, retry=run.retry)
 
 
 def _prepare_output(run: _Run) -> Pointer | None:
     """Under the lease: clear what dead runs left, repair a stale card, and check the labels still match."""
     pointer = tidy(run.output, Pointer.read(run.output, run.retry), run.retry)
     if pointer is not None:
-        if run.request.incremental:
-            _check_same_labels(run, pointer)  # again: another run may have overwritten it since the check
+        if run.request.incremental:  # again: another run may have overwritten it since preflight
+            check_same_labels(run.request, run.output, pointer)
         if not card_is_current(run.output, pointer, run.retry):
             _write_card(run, pointer)
     return pointer
@@ -289,7 +223,7 @@ def _data_folder(run: _Run, pointer: Pointer | None) -> str:
         return pointer.data
     folder = data_folder_name(run.run_id)
     if run.request.incremental:
-        Pointer(data=folder, identity=run.identity(), created_by=run.run_id).write(run.output, run.retry)
+        Pointer(data=folder, identity=run.request.identity(), created_by=run.run_id).write(run.output, run.retry)
     return folder
 
 
@@ -303,36 +237,40 @@ def _write_card(run: _Run, pointer: Pointer, retry: Retry | None = None) -> None
     write_card(run.output, pointer, runs, retry)
 
 
-def _kind(run: _Run, location: Location, role: str) -> pafs.FileType:
-    fs = location.filesystem()
-    return run.retry.call(f"looking at the {role} {location.uri}", lambda: fs.get_file_info(location.path).type)
-
-
-def _label_todo(run: _Run, sink: StagedParquetSink) -> tuple[int, int]:
-    """Run the stages over what is left to label; (images labelled, images in the input)."""
-    ensure_ray()
-    with _data_context(run.request.progress):
+def _label_todo(run: _Run, writer: OutputWriter) -> tuple[int, int]:
+    """Run the stages over what is left to label, writing rows as they reach the driver;
+    (images labelled, images in the input)."""
+    ensure_ray(verbose=run.display.verbose)
+    with _data_context(run.display):
         todo, total = _todo(run)
         pending = todo.count()
+        counter = ProgressCounter(total=pending, skipped=total - pending, display=run.display)
+        counter.report()
         if pending:
             settings = StageSettings.derive(run.request, run.run_id, ray.cluster_resources().get("CPU", 1))
-            _stages(todo, run, settings).write_datasink(sink, ray_remote_args={"num_cpus": CPU_TASK_CPUS})
+            try:
+                with FlushTimer(writer):
+                    for rows in _stages(todo, run, settings).iter_batches(batch_size=None, batch_format="pyarrow"):
+                        counter.add(*writer.add(rows))
+            finally:
+                if run.request.incremental:
+                    writer.flush()  # what is finished stays, also when interrupted
+            writer.flush()
     return pending, total
 
 
 def _commit(
-    run: _Run, lease: OutputLease, sink: StagedParquetSink, pending: int, previous: Pointer | None, folder: str
+    run: _Run, lease: OutputLease, writer: OutputWriter, pending: int, previous: Pointer | None, folder: str
 ) -> Pointer:
     """Check every image got its row, then (overwrite) flip the pointer to the run's folder; the pointer after."""
-    written = sum(f.rows for f in sink.written)
-    if written != pending:
-        raise RuntimeError(f"wrote {written} rows for {pending} images; not committing a run that lost rows")
+    if writer.rows != pending:
+        raise RuntimeError(f"wrote {writer.rows} rows for {pending} images; not committing a run that lost rows")
     lease.check()
     remove_staging(run.output, run.retry, run.run_id)
     if run.request.incremental:
         return Pointer.read(run.output, run.retry) or previous
     lease.claim.verify(run.retry)
-    identity = run.identity()
+    identity = run.request.identity()
     current = (
         previous.replaced_by(folder, identity, run.run_id, time.time())
         if previous
@@ -407,26 +345,29 @@ def _root_cause(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[-1] if lines else ''}".rstrip(": ")
 
 
-def _record_failure(run: _Run, manifest: Manifest, exc: BaseException, sink: StagedParquetSink) -> None:
+def _record_failure(run: _Run, manifest: Manifest, exc: BaseException, writer: OutputWriter) -> None:
     """Mark the run failed in its manifest and drop what it staged; files already committed (incremental)
     are listed, they stay valid, and the card is brought up to them. Best effort: the next run clears what
     is left."""
     retry = run.retry.brief()
-    files = [f.name for f in sink.written] if sink.commit_each_file else []
+    files = [f.name for f in writer.written] if writer.commit_each_file else []
     try:
         manifest.failed(_root_cause(exc), files, time.time()).write(run.output, run.redact, retry)
         remove_staging(run.output, retry, run.run_id)
         pointer = Pointer.read(run.output, retry)
-        if sink.commit_each_file and pointer is not None:
+        if writer.commit_each_file and pointer is not None:
             _write_card(run, pointer, retry)
-        elif pointer is None or pointer.data != sink.folder:  # an overwrite that never flipped
-            discard_folder(run.output, sink.folder, retry)
+        elif pointer is None or pointer.data != writer.folder:  # an overwrite that never flipped
+            discard_folder(run.output, writer.folder, retry)
     except Exception as record_exc:  # the run's own error is the one to raise
         log.warning("could not record the failed run %s: %s", run.run_id, run.redact(str(record_exc)))
 
 
-def ensure_ray() -> None:
+def ensure_ray(verbose: bool = False) -> None:
     """Use the running Ray; else join RAY_ADDRESS's cluster; else start a local one (never a stale cluster).
+
+    Quiet unless `verbose`: Ray's own INFO lines and the workers' output stay in Ray's log files
+    (`/tmp/ray/session_latest/logs`); errors still reach the driver as exceptions.
 
     `ray.init` replaces the SIGTERM handler with one that exits at once; the caller's handler (the CLI's,
     which unwinds like Ctrl-C so finished work is committed and the lease released) is put back.
@@ -435,11 +376,12 @@ def ensure_ray() -> None:
         return
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGTERM) if main_thread else None
+    quiet = {"logging_level": logging.INFO if verbose else logging.WARNING, "log_to_driver": verbose}
     if os.environ.get("RAY_ADDRESS"):
-        ray.init()
+        ray.init(**quiet)
     else:
         _loopback_only()
-        ray.init(address="local", include_dashboard=False)
+        ray.init(address="local", include_dashboard=False, **quiet)
     if main_thread and callable(previous):
         signal.signal(signal.SIGTERM, previous)
 
@@ -459,12 +401,20 @@ def _loopback_only() -> None:
 
 
 @contextlib.contextmanager
-def _data_context(progress: bool) -> Iterator[None]:
-    """Progress bars as asked; a stage's own exception (e.g. StorageUnavailable) rather than Ray's wrapper."""
+def _data_context(display: RunDisplay) -> Iterator[None]:
+    """Ray Data's bars and plan printout only when asked; a stage's own exception (e.g. StorageUnavailable)
+    rather than Ray's wrapper."""
     ctx = DataContext.get_current()
-    saved = ctx.enable_progress_bars, ctx.raise_original_map_exception
-    ctx.enable_progress_bars, ctx.raise_original_map_exception = progress, True
+    names = ("enable_progress_bars", "print_on_execution_start", "raise_original_map_exception")
+    saved = [getattr(ctx, name) for name in names]
+    for name, value in zip(names, (display.ray_progress, display.verbose, True), strict=True):
+        setattr(ctx, name, value)
+    data_logger = logging.getLogger("ray.data")
+    level = data_logger.level
+    data_logger.setLevel(logging.INFO if display.verbose else logging.WARNING)
     try:
         yield
     finally:
-        ctx.enable_progress_bars, ctx.raise_original_map_exception = saved
+        for name, value in zip(names, saved, strict=True):
+            setattr(ctx, name, value)
+        data_logger.setLevel(level)

@@ -16,9 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sfp_core import SFPConfig, Vocabulary
 
-from .output import DEFAULT_MAX_PIXELS
+from .output import DEFAULT_MAX_PIXELS, LabelIdentity
+from .storage import public_uri
 
-DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png")
+# What Pillow decodes and people store; matched case-insensitively (`IMG_0001.JPG`).
+DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff")
 
 
 class RequestSection(BaseModel):
@@ -32,6 +34,7 @@ class Source(RequestSection):
 
     uri: str = Field(min_length=1, description="local folder, file://, s3://bucket/prefix, gs://...")
     extensions: list[str] = Field(default=list(DEFAULT_EXTENSIONS), min_length=1)
+    allow_empty: bool = Field(False, description="an input without images is fine (an inbox); else refused")
     storage_options: dict[str, Any] = Field(
         default_factory=dict, repr=False, description="fsspec options; never secrets"
     )
@@ -52,7 +55,10 @@ class Destination(RequestSection):
     uri: str = Field(min_length=1, description="local folder, file://, s3://bucket/prefix, gs://...")
     mode: Literal["incremental", "overwrite"] = "incremental"
     confidence: bool = Field(False, description="also store the per-pixel confidence PNG")
-    rows_per_file: int = Field(1000, ge=1, description="rows in one committed data file")
+    rows_per_file: int = Field(1000, ge=1, description="rows in one committed data file (at most)")
+    commit_every_s: float = Field(
+        60.0, gt=0, allow_inf_nan=False, description="commit a file this long after its first row, even if short"
+    )
     storage_retry_s: float = Field(120.0, ge=0, allow_inf_nan=False, description="ride out storage outages")
     allow_foreign_files: bool = Field(
         False, description="run even though the output folder holds files sfp-label did not write (never touched)"
@@ -118,8 +124,18 @@ class LabelRequest(BaseModel):
     config: SFPConfig = Field(default_factory=SFPConfig)
     resources: Resources = Field(default_factory=Resources)
     run_name: str | None = None
-    progress: bool = True
 
     @property
     def incremental(self) -> bool:
         return self.output.incremental
+
+    def identity(self) -> LabelIdentity:
+        """What makes this run's masks what they are (recorded with the output; see `output.identity`)."""
+        return LabelIdentity(
+            arch=self.model.arch,
+            weights=public_uri(self.model.weights),
+            classes=[list(names) for names in self.vocabulary.classes],
+            vocabulary_fingerprint=self.vocabulary.fingerprint(),
+            config=self.config.to_dict(),
+            config_hash=self.config.config_hash(),
+        )

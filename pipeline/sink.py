@@ -1,34 +1,32 @@
-"""The Parquet sink: complete files only, written where no reader looks until they are committed.
+"""The writer: the driver turns the stream of labelled rows into complete Parquet files, committed as it goes.
 
-Ray's `write_parquet` writes straight into the destination (a reader can
-catch a half-written local file) and has no per-file commit hook, so this
-is a small `Datasink` that writes each task's rows to one file and
-- incremental: stages it (`_sfp/staging/<run>/`) and moves it into the
-  current data folder at once, so a run killed midway keeps every file it
-  finished and a re-run skips those images;
-- overwrite: writes it into the run's own new data folder, which no pointer
-  names yet; `commit_overwrite` flips the pointer to it after the run
-  succeeds (docs/design.md, "Output layout").
-File names come from the run id and Ray's task index, never from input
-paths; a retried write task rewrites its own file instead of adding one.
-Storage calls ride out outages (`retry.Retry`), and each commit first checks
-that the run still holds the output's lease (`lease.LeaseClaim`): a run that
-lost it, or a killed driver's stray tasks, never add files under a successor.
+Rows reach the driver as Ray Data streams them (`Dataset.iter_batches`); the
+writer buffers them and writes one file when it holds `rows_per_file` rows,
+or `commit_every_s` after its first row, whichever comes first, and on demand
+(`flush`: the end of the run, Ctrl-C, SIGTERM). So an interrupted run keeps
+all but the last seconds of its work, and the driver sees every row as it
+lands (live progress). Writing in the driver also makes commits simple: file
+names are a sequence of the run's own, a Ray task retry never writes a file,
+and the lease is checked before each commit in one place.
+- incremental: each file is staged (`_sfp/staging/<run>/`) and moved into
+  the current data folder, one rename (or one copy on object stores);
+- overwrite: each file goes straight into the run's own new data folder,
+  which no pointer names until `commit_overwrite` flips it (docs/design.md,
+  "Output layout").
+Storage calls ride out outages (`retry.Retry`).
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from ray.data.block import Block, BlockAccessor
-from ray.data.datasource import Datasink, WriteResult
 
 from .lease import LeaseClaim
 from .output import (
@@ -44,21 +42,29 @@ from .output import (
 from .retry import Retry
 from .storage import Location
 
-if TYPE_CHECKING:
-    from ray.data._internal.execution.interfaces import TaskContext
-
 
 @dataclass(frozen=True)
 class WrittenFile:
-    """What one write task produced (returned to the driver, summed into the run's counts)."""
+    """One committed data file (summed into the run's counts)."""
 
-    name: str  # file name, relative to the output root
+    name: str  # relative to the output root: "<data folder>/<file>"
     rows: int
     ok: int
 
 
-class StagedParquetSink(Datasink[WrittenFile | None]):
-    """One Parquet file per write task, of at least `rows_per_file` rows (the last may hold fewer)."""
+@dataclass(frozen=True)
+class WriterSettings:
+    rows_per_file: int
+    commit_every_s: float
+    commit_each_file: bool  # incremental: into the current folder at once; overwrite: into the run's folder
+
+
+class OutputWriter:
+    """Buffers rows in the driver and commits them as complete Parquet files (see the module's docstring).
+
+    `add` and `flush` may be called from different threads (a timer flushes a
+    buffer that waited `commit_every_s`); one lock keeps a file whole.
+    """
 
     def __init__(
         self,
@@ -66,9 +72,8 @@ class StagedParquetSink(Datasink[WrittenFile | None]):
         run_id: str,
         folder: str,
         schema: pa.Schema,
+        settings: WriterSettings,
         *,
-        commit_each_file: bool,
-        rows_per_file: int,
         claim: LeaseClaim,
         retry: Retry,
     ):
@@ -76,48 +81,112 @@ class StagedParquetSink(Datasink[WrittenFile | None]):
         self.run_id = run_id
         self.folder = folder
         self.schema = schema
-        self.commit_each_file = commit_each_file
-        self.rows_per_file = rows_per_file
+        self.settings = settings
         self.claim = claim
         self.retry = retry
         self.written: list[WrittenFile] = []
+        self._buffer: list[pa.Table] = []
+        self._buffered_rows = 0
+        self._first_row_at: float | None = None
+        self._lock = threading.Lock()
+        self._created = False
 
     @property
-    def first_dir(self) -> str:
-        """Where files are written first: the run's staging folder, or (overwrite) its own data folder."""
-        return staging_dir(self.output, self.run_id) if self.commit_each_file else data_folder(self.output, self.folder)
+    def commit_each_file(self) -> bool:
+        return self.settings.commit_each_file
 
     @property
-    def min_rows_per_write(self) -> int:
-        return self.rows_per_file
+    def rows(self) -> int:
+        return sum(f.rows for f in self.written)
 
-    def on_write_start(self, schema: pa.Schema | None = None) -> None:
-        fs = self.output.filesystem()
-        for folder in {self.first_dir, data_folder(self.output, self.folder)}:
-            self.retry.call(f"creating {self.output.uri_of(folder)}", lambda f=folder: fs.create_dir(f))
+    def add(self, rows: pa.Table) -> tuple[int, int]:
+        """Buffer labelled rows; write a file whenever the buffer is full. Returns (ok, error) rows added."""
+        ok = _ok_rows(rows)
+        with self._lock:
+            if rows.num_rows:
+                self._buffer.append(rows.cast(self.schema))
+                self._buffered_rows += rows.num_rows
+                self._first_row_at = self._first_row_at or time.monotonic()
+            while self._buffered_rows >= self.settings.rows_per_file:
+                self._write_buffer(self.settings.rows_per_file)
+        return ok, rows.num_rows - ok
 
-    def write(self, blocks: Iterable[Block], ctx: TaskContext) -> WrittenFile | None:
-        tables = [BlockAccessor.for_block(block).to_arrow() for block in blocks]
-        table = pa.concat_tables([t for t in tables if t.num_rows]) if any(t.num_rows for t in tables) else None
-        if table is None:
-            return None
-        name = data_file_name(self.run_id, ctx.task_idx)
+    def flush_if_due(self) -> None:
+        """Write the buffer if its first row waited `commit_every_s` (called by a timer)."""
+        with self._lock:
+            started = self._first_row_at
+            if started is not None and time.monotonic() - started >= self.settings.commit_every_s:
+                self._write_buffer()
+
+    def flush(self) -> None:
+        """Write whatever is buffered (the end of the run, or an interruption)."""
+        with self._lock:
+            self._write_buffer()
+
+    def _write_buffer(self, rows: int | None = None) -> None:
+        """Write the first `rows` buffered rows (all by default) as one file; the rest stay buffered."""
+        if not self._buffered_rows:
+            return
+        table = pa.concat_tables(self._buffer)
+        rows = table.num_rows if rows is None else rows
+        self.written.append(self._write_file(table.slice(0, rows), len(self.written)))
+        rest = table.slice(rows)
+        self._buffer, self._buffered_rows = ([rest], rest.num_rows) if rest.num_rows else ([], 0)
+        self._first_row_at = time.monotonic() if rest.num_rows else None
+
+    def _write_file(self, table: pa.Table, number: int) -> WrittenFile:
+        name = data_file_name(self.run_id, number)
         fs = self.output.filesystem()
         final = data_file(self.output, self.folder, name)
         first = staged_file(self.output, self.run_id, name) if self.commit_each_file else final
-        rows = table.cast(self.schema)
+        if not self._created:
+            folders = [data_folder(self.output, self.folder)]
+            folders += [staging_dir(self.output, self.run_id)] if self.commit_each_file else []
+            for folder in folders:
+                self.retry.call(f"creating {self.output.uri_of(folder)}", lambda f=folder: fs.create_dir(f))
+            self._created = True
         self.retry.call(
             f"writing {self.output.uri_of(first)}",
-            lambda: pq.write_table(rows, first, filesystem=fs, compression="zstd"),
+            lambda: pq.write_table(table, first, filesystem=fs, compression="zstd"),
         )
         if self.commit_each_file:
             self.claim.verify(self.retry)
             _move(self.output, first, final, self.retry)
-        ok = pc.sum(pc.equal(table.column("status"), STATUS_OK)).as_py() or 0
-        return WrittenFile(f"{self.folder}/{name}", table.num_rows, ok)
+        return WrittenFile(f"{self.folder}/{name}", table.num_rows, _ok_rows(table))
 
-    def on_write_complete(self, write_result: WriteResult[WrittenFile | None]) -> None:
-        self.written = [w for w in write_result.write_returns if w is not None]
+
+def _ok_rows(rows: pa.Table) -> int:
+    if not rows.num_rows:
+        return 0
+    return pc.sum(pc.equal(rows.column("status"), STATUS_OK)).as_py() or 0
+
+
+class FlushTimer:
+    """Calls `writer.flush_if_due` every second while the run streams, from a daemon thread."""
+
+    def __init__(self, writer: OutputWriter):
+        self.writer = writer
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="sfp-flush", daemon=True)
+        self.error: BaseException | None = None
+
+    def __enter__(self) -> FlushTimer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        if self.error is not None and exc[0] is None:
+            raise self.error
+
+    def _loop(self) -> None:
+        while not self._stop.wait(1.0):
+            try:
+                self.writer.flush_if_due()
+            except BaseException as exc:  # raised again in the driver's thread when the stream ends
+                self.error = exc
+                return
 
 
 def _move(output: Location, source: str, target: str, retry: Retry) -> None:

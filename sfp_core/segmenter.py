@@ -134,7 +134,7 @@ class SFPSegmenter:
             else:
                 working, size = image, self._check_prepared(image, tuple(original_sizes[i]), i)
             sizes.append(size)
-            pixels.append(normalise(torch.from_numpy(np.ascontiguousarray(working)).to(self.device)))
+            pixels.append(normalise(torch.from_numpy(_owned(working)).to(self.device)))
         if not pixels:
             return []
 
@@ -264,3 +264,9 @@ def _check_image(image: Any, label: str) -> None:
         raise ValueError(f"{label} must be an H x W x 3 uint8 RGB numpy array, got {desc}")
     if image.shape[0] < 1 or image.shape[1] < 1:
         raise ValueError(f"{label} is empty ({image.shape[0]} x {image.shape[1]} pixels)")
+
+
+def _owned(array: np.ndarray) -> np.ndarray:
+    """The array itself when torch may share it (C-contiguous and writable), else a copy: arrays read
+    zero-copy from Arrow are read-only, and sharing one with torch is undefined behaviour."""
+    return array if array.flags.c_contiguous and array.flags.writeable else np.array(array, order="C")

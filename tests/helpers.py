@@ -21,10 +21,18 @@ TINY_ARCH = "SFP-Tiny-16"  # sfp_core's own test architecture: 12 blocks, width 
 
 # Each section's fields by their flat keyword; "<section>_storage_options" names each storage_options.
 _SECTIONS: dict[str, tuple[type, tuple[str, ...]]] = {
-    "input": (Source, ("extensions",)),
+    "input": (Source, ("extensions", "allow_empty")),
     "output": (
         Destination,
-        ("mode", "confidence", "rows_per_file", "storage_retry_s", "retry_errors", "allow_foreign_files"),
+        (
+            "mode",
+            "confidence",
+            "rows_per_file",
+            "commit_every_s",
+            "storage_retry_s",
+            "retry_errors",
+            "allow_foreign_files",
+        ),
     ),
     "model": (ModelChoice, ("arch", "weights", "weights_sha256")),
     "resources": (Resources, ("actors", "gpus_per_actor", "batch_size", "max_pixels")),
@@ -47,10 +55,11 @@ def label_request(input_uri: str, output_uri: str, **options: Any) -> LabelReque
 
 
 def run_label(input_uri: str, output_uri: str, **options: Any) -> RunSummary:
-    """`pipeline.label` of `label_request(...)`."""
+    """`pipeline.label` of `label_request(...)`; `display=` goes to `label`."""
     from pipeline import label
 
-    return label(label_request(input_uri, output_uri, **options))
+    display = options.pop("display", None)
+    return label(label_request(input_uri, output_uri, **options), display)
 
 
 NAMES = ["background", "cat", "dog", "car", "tree", "boat"]

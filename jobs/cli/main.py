@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import traceback
@@ -19,9 +20,13 @@ from sfp_core import BusyError, RetryableError, UserError
 
 from .exitcodes import HELP as EXIT_CODES_HELP
 from .exitcodes import ExitCode
+from .progress import DEFAULT_LINE_EVERY_S
+from .quiet import LOG_FORMAT, quiet_warnings
 
 if TYPE_CHECKING:
     from pipeline import LabelledOutput, RunSummary
+
+MOSTLY_IGNORED = 0.5  # export warns when --ignore-below leaves more than this share of pixels unlabelled
 
 EXAMPLES = """examples:
   sfp-label run jobs/demo.yaml --set model.weights=random     label examples/images into out/demo, offline
@@ -71,12 +76,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = job_command("run", "run a labelling job (locally, or on the Ray cluster in RAY_ADDRESS)")
     run.add_argument("--dry-run", action="store_true", help="print the job as it would run and exit")
-    run.add_argument("--no-progress", action="store_true", help="no progress bars (for cron and CI logs)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
+    run.add_argument(
+        "--progress-every", type=float, default=DEFAULT_LINE_EVERY_S, metavar="S",
+        help=f"without a terminal, a progress line every S seconds (default {DEFAULT_LINE_EVERY_S:g})",
+    )  # fmt: skip
+    run.add_argument("--ray-progress", action="store_true", help="Ray Data's per-operator bars (debugging)")
+    run.add_argument("--verbose", action="store_true", help="Ray's, the workers' and our INFO logs too")
     run.add_argument(
         "--retry-errors", action="store_true",
         help="label every error row again, not only unreadable files (= --set output.retry_errors=all)",
     )  # fmt: skip
-    job_command("validate", "check a job file without running it")
+    validate = job_command(
+        "validate", "check a job and what it names (input, output, weights) without running it, in seconds"
+    )
+    validate.add_argument("--offline", action="store_true", help="check the file only: no storage or network")
 
     def output_command(name: str, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(
@@ -92,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     show = output_command("show", "summarise a finished output: counts, classes, outlier statistics")
     show.add_argument("--json", action="store_true", help="print the summary as JSON")
+    show.add_argument("--errors", action="store_true", help="list every error row: image id and reason")
     export = output_command(
         "export", "write masks as PNGs in the VOC / mmsegmentation folder layout, or as one COCO JSON (RLE)"
     )
@@ -129,20 +144,32 @@ def _add_eval_and_render(output_command: Callable[[str, str], argparse.ArgumentP
 
 def _run(args: argparse.Namespace) -> ExitCode:
     from ..jobfile import load_job
+    from ..jobfile.launch import check_job
 
     overrides = [*args.overrides, *(["output.retry_errors=all"] if getattr(args, "retry_errors", False) else [])]
     job = load_job(args.job, overrides)
     if args.command == "validate":
-        print(f"ok: {job.describe()}")
+        check_job(job, offline=args.offline)
+        print(f"ok: {job.describe()}" + (" (file only: --offline)" if args.offline else ""))
         return ExitCode.OK
     if args.dry_run:
         print(f"# {job.describe()}\n# dry run: nothing was labelled")
         print(yaml.safe_dump(job.effective(), sort_keys=False, default_flow_style=None), end="")
         return ExitCode.OK
-    from ..jobfile.launch import run_job
+    from pipeline import RunDisplay
 
-    summary = run_job(job, progress=not args.no_progress)
+    from ..jobfile.launch import run_job
+    from .progress import ProgressDisplay
+
+    shown = None if args.no_progress else ProgressDisplay(line_every_s=args.progress_every)
+    display = RunDisplay(on_progress=shown, ray_progress=args.ray_progress, verbose=args.verbose)
+    try:
+        summary = run_job(job, display)
+    finally:
+        if shown is not None:
+            shown.close()
     print(summary.one_line())
+    print(f"manifest: {summary.manifest_uri}")
     return _exit_code(summary)
 
 
@@ -165,8 +192,12 @@ def _output(args: argparse.Namespace) -> ExitCode:
         return ExitCode.OK
     output = LabelledOutput.open(args.output, options)
     if args.command == "show":
-        from ..tools.show import format_summary, summarize
+        from ..tools.show import error_rows, format_summary, summarize
 
+        if args.errors:
+            for image_id, reason in error_rows(output):
+                print(f"{image_id}\t{reason}")
+            return ExitCode.OK
         summary = summarize(output)
         print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
         return ExitCode.OK
@@ -175,14 +206,20 @@ def _output(args: argparse.Namespace) -> ExitCode:
     if args.format == "coco":
         from ..tools.coco import export_coco
 
-        print(export_coco(output, args.directory, ignore_below=args.ignore_below).one_line())
-        return ExitCode.OK
-    from ..tools.export import export
+        report = export_coco(output, args.directory, ignore_below=args.ignore_below)
+    else:
+        from ..tools.export import export
 
-    report = export(
-        output, args.directory, ignore_below=args.ignore_below, ignore_index=args.ignore_index, split=args.split
-    )
+        report = export(
+            output, args.directory, ignore_below=args.ignore_below, ignore_index=args.ignore_index, split=args.split
+        )
     print(report.one_line())
+    if report.ignored_share > MOSTLY_IGNORED:
+        print(
+            f"sfp-label export: warning: --ignore-below {args.ignore_below} left {report.ignored_share:.0%} of the "
+            "pixels unlabelled; a lower threshold keeps more of the masks",
+            file=sys.stderr,
+        )
     return ExitCode.OK
 
 
@@ -218,9 +255,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `sfp-label` console script; returns the exit code (see --help)."""
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _raise_terminated)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    verbose = getattr(args, "verbose", False)
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format=LOG_FORMAT)
+    if not verbose:
+        quiet_warnings()
     try:
         return int(_run(args) if args.command in ("run", "validate") else _output(args))
+    except BrokenPipeError:  # `sfp-label show OUT | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return int(ExitCode.OK)
     except (Exception, KeyboardInterrupt) as exc:  # the one place where errors become exit codes
         return int(_report(exc, args.command))
 

@@ -1,19 +1,26 @@
-"""Run a resolved job: check it fits the cluster, then `pipeline.label` (which holds the output's lease)."""
+"""Run a resolved job: preflight it (no Ray yet), check it fits the cluster, then `pipeline.label`."""
 
 from __future__ import annotations
 
 import logging
 
-from pipeline import RunSummary, label
+from pipeline import RunDisplay, RunSummary, label, preflight
 
-from .placement import check_placement, cluster_view
+from .placement import check_placement, check_submitted_output, cluster_view
 from .resolve import Job
 
 log = logging.getLogger(__name__)
 
 
-def run_job(job: Job, *, progress: bool = True) -> RunSummary:
+def check_job(job: Job, *, offline: bool = False) -> None:
+    """Everything knowable before Ray starts (see `pipeline.preflight`); raises a UserError."""
+    check_submitted_output(job)
+    preflight(job.request(), offline=offline)
+
+
+def run_job(job: Job, display: RunDisplay | None = None) -> RunSummary:
     """Label the job's input into its output; raises JobError or what the run hit (see pipeline.label)."""
-    for warning in check_placement(job, cluster_view()):
+    check_job(job)
+    for warning in check_placement(job, cluster_view(display.verbose if display else False)):
         log.warning(warning)
-    return label(job.request(progress=progress))
+    return label(job.request(), display)

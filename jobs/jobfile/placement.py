@@ -31,14 +31,14 @@ class ClusterView:
     driver_gpus: float
 
 
-def cluster_view() -> ClusterView | None:
+def cluster_view(verbose: bool = False) -> ClusterView | None:
     """The cluster in RAY_ADDRESS (or the one already joined); None when `label` starts a local Ray itself."""
     import ray
 
     if not ray.is_initialized():
         if not os.environ.get("RAY_ADDRESS"):
             return None
-        ensure_ray()  # joins the cluster in RAY_ADDRESS, as `label` would anyway
+        ensure_ray(verbose)  # joins the cluster in RAY_ADDRESS, as `label` would anyway
     alive = [node for node in ray.nodes() if node.get("Alive")]
     here = ray.get_runtime_context().get_node_id()
     resources = next((node["Resources"] for node in alive if node["NodeID"] == here), {})
@@ -82,10 +82,17 @@ def check_placement(job: Job, view: ClusterView | None) -> list[str]:
                 f"model.weights {spec.model.weights!r} is a local file and {elsewhere}: actors load it from their "
                 "own node's disk; an s3:// or gs:// URI is fetched and cached on each node"
             )
-    relative = not Path(spec.output.uri.removeprefix("file://")).is_absolute()
-    if os.environ.get(SUBMITTED_JOB_ENV) and is_local_uri(spec.output.uri) and relative:
-        warnings.append(
-            f"output.uri {spec.output.uri!r} is relative: under `ray job submit` it lands in the job's temporary "
-            f"copy of --working-dir ({os.getcwd()}); use object storage or an absolute path"
-        )
     return warnings
+
+
+def check_submitted_output(job: Job) -> None:
+    """Under `ray job submit` the driver runs in a temporary copy of --working-dir: a relative local output
+    would land there and vanish with it, so it is refused (before anything starts)."""
+    uri = job.spec.output.uri
+    relative = not Path(uri.removeprefix("file://")).expanduser().is_absolute()
+    if os.environ.get(SUBMITTED_JOB_ENV) and is_local_uri(uri) and relative:
+        problem = (
+            f"{uri!r} is relative: under `ray job submit` it would land in the job's temporary copy of "
+            f"--working-dir ({os.getcwd()}) and be deleted with it; use an absolute path or s3:// / gs://"
+        )
+        raise JobError(job.source, [("output.uri", problem)])

@@ -41,7 +41,7 @@ class Job:
         data["sfp"] = self.config.to_dict()
         return data
 
-    def request(self, *, progress: bool = True) -> LabelRequest:
+    def request(self) -> LabelRequest:
         """The run this job describes, for `pipeline.label`."""
         spec = self.spec
         return LabelRequest(
@@ -52,7 +52,6 @@ class Job:
             config=self.config,
             resources=spec.resources,
             run_name=spec.name,
-            progress=progress,
         )
 
     def describe(self) -> str:

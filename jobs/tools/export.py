@@ -34,9 +34,16 @@ class ExportReport:
     directory: Path
     split_file: Path
     unsafe_ids: list[str] = field(default_factory=list)  # ids that would name a file outside the export folder
+    total_pixels: int = 0
+
+    @property
+    def ignored_share(self) -> float:
+        return self.ignored_pixels / self.total_pixels if self.total_pixels else 0.0
 
     def one_line(self) -> str:
-        ignored = f", {self.ignored_pixels} pixels set to ignore" if self.ignored_pixels else ""
+        ignored = (
+            f", {self.ignored_pixels} pixels ({self.ignored_share:.1%}) set to ignore" if self.ignored_pixels else ""
+        )
         skipped = f", {self.skipped_errors} error rows skipped" if self.skipped_errors else ""
         unsafe = ""
         if self.unsafe_ids:
@@ -59,15 +66,16 @@ def _check_ignore_index(ignore_index: int, classes: int) -> None:
 
 def _ignore_low_confidence(
     mask_png: bytes, confidence_png: bytes, below: float, ignore_index: int
-) -> tuple[bytes, int]:
-    """The mask with pixels whose stored confidence (max probability x 255) is below `below` set to ignore."""
+) -> tuple[bytes, int, int]:
+    """The mask with pixels whose stored confidence (max probability x 255) is below `below` set to ignore;
+    how many were, of how many."""
     mask = np.array(Image.open(io.BytesIO(mask_png)))
     confidence = np.array(Image.open(io.BytesIO(confidence_png)))
     low = confidence.astype(np.float32) < below * 255.0
     mask[low] = ignore_index
     buffer = io.BytesIO()
     Image.fromarray(mask).save(buffer, format="PNG")
-    return buffer.getvalue(), int(low.sum())
+    return buffer.getvalue(), int(low.sum()), int(low.size)
 
 
 def export(
@@ -87,7 +95,7 @@ def export(
     columns = ["image_id", "status", "mask_png"] + (["confidence_png"] if ignore_below is not None else [])
     labels = directory / LABEL_DIR
     exported: dict[str, str] = {}
-    skipped = ignored = 0
+    skipped = ignored = pixels = 0
     unsafe: list[str] = []
     for batch in output.batches(columns):
         for row in batch.to_pylist():
@@ -108,14 +116,15 @@ def export(
                         f"{output.uri}: {row['image_id']} has no stored confidence; --ignore-below needs a run "
                         "with output.confidence: true"
                     )
-                png, low = _ignore_low_confidence(png, row["confidence_png"], ignore_below, ignore_index)
+                png, low, size = _ignore_low_confidence(png, row["confidence_png"], ignore_below, ignore_index)
                 ignored += low
+                pixels += size
             _write_inside(labels, f"{stem}.png", png)
     split_file = directory / SPLIT_DIR / f"{split}.txt"
     split_file.parent.mkdir(parents=True, exist_ok=True)
     split_file.write_text("".join(f"{stem}\n" for stem in sorted(exported)), encoding="utf-8")
     (directory / CLASSES_FILE).write_text("".join(f"{name}\n" for name in names), encoding="utf-8")
-    return ExportReport(len(exported), skipped, ignored, directory, split_file, unsafe)
+    return ExportReport(len(exported), skipped, ignored, directory, split_file, unsafe, pixels)
 
 
 def safe_stem(image_id: str) -> str | None:

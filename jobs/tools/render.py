@@ -1,8 +1,10 @@
 """`sfp-label render`: PNGs and one HTML page to look at an output with.
 
-For each ok row (up to a limit): `overlays/N-<id>.png` (the image, the mask in colour over it, a
-legend of the classes present) and `outliers/N-<id>.png` (the image with every window's outlier
-patches boxed). `index.html` lists them with per-image statistics, sortable by outlier count; it is
+For each ok row (up to a limit): `overlays/N-<id>.png` (the image, and the mask in colour over it)
+and `outliers/N-<id>.png` (the image with every window's outlier patches boxed). `index.html` lists
+them with per-image statistics, sortable by outlier count, and a legend in HTML (each class present
+in its colour, with its share); pointing at the overlay names the class under the pointer (the page
+carries a run-length coded copy of each mask at a quarter of the picture's size). It is
 self-contained (relative links, inline style and script), so the folder can be copied anywhere.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import html
 import io
+import json
 import re
 import string
 from dataclasses import dataclass, field
@@ -18,7 +21,7 @@ from typing import Any
 from urllib.parse import quote
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from pipeline import DEFAULT_MAX_PIXELS, STATUS_OK, LabelledOutput, OutputError, decode_image, path_of_uri
 
@@ -30,9 +33,7 @@ OVERLAY_DIR = "overlays"
 OUTLIER_DIR = "outliers"
 INDEX = "index.html"
 MASK_ALPHA = 0.55
-LEGEND_WIDTH = 240
-LEGEND_ROW = 20
-FONT_SIZE = 14
+HOVER_STEP = 4  # the hover map keeps one mask pixel per HOVER_STEP x HOVER_STEP block of the picture
 MIN_SIDE = 256  # tiny images are enlarged to this long side so the page stays readable
 TOP_CLASSES = 5
 ERROR_ROWS_LISTED = 200
@@ -60,13 +61,32 @@ class RenderedImage:
     outliers: str
     width: int
     height: int
-    classes: list[tuple[str, float]]  # (name, share of the image), largest first
+    classes: list[tuple[int, str, float]]  # (class id, name, share of the image), largest first
     mean_confidence: float | None
     outlier_count: int
     outlier_ratio: float | None
     score_max: float | None
     windows: int | None
     note: str | None  # why the source image is missing from the pictures
+    hover: HoverMap
+
+
+@dataclass(frozen=True)
+class HoverMap:
+    """The mask at a coarse grid, run-length coded ("value*count,..." row by row) for the page's script."""
+
+    columns: int
+    rows: int
+    runs: str
+
+    @classmethod
+    def of(cls, mask: np.ndarray, step: int = HOVER_STEP) -> HoverMap:
+        coarse = mask[step // 2 :: step, step // 2 :: step] if min(mask.shape) > step else mask
+        flat = coarse.reshape(-1).astype(np.int64)
+        starts = np.flatnonzero(np.diff(flat, prepend=flat[0] - 1))
+        lengths = np.diff(np.append(starts, flat.size))
+        runs = ",".join(f"{int(flat[a])}*{int(n)}" for a, n in zip(starts, lengths, strict=True))
+        return cls(columns=coarse.shape[1], rows=coarse.shape[0], runs=runs)
 
 
 @dataclass
@@ -90,29 +110,27 @@ class _Painter:
         self.names = class_names
         self.colours = palette(max(len(class_names), 1))
         self.max_side = max_side
-        self.font = ImageFont.load_default(size=FONT_SIZE)
 
     def scale(self, width: int, height: int) -> float:
         """Display scale: the long side between MIN_SIDE and `max_side` pixels."""
         long_side = max(width, height)
         return min(max(1.0, MIN_SIDE / long_side), self.max_side / long_side)
 
-    def overlay(self, image: Image.Image, mask: np.ndarray, classes: list[tuple[int, float]]) -> Image.Image:
-        """[image | mask blended over it | legend], at display size."""
+    def overlay(self, image: Image.Image, mask: np.ndarray) -> Image.Image:
+        """[image | mask blended over it], at display size (the legend is HTML, in the page)."""
         size = image.size
         coloured = Image.fromarray(self.colours[np.clip(mask, 0, len(self.colours) - 1)]).resize(size, Image.NEAREST)
-        blended = Image.blend(image, coloured, MASK_ALPHA)
-        height = max(size[1], 8 + LEGEND_ROW * len(classes))
-        canvas = Image.new("RGB", (2 * size[0] + LEGEND_WIDTH, height), "white")
+        canvas = Image.new("RGB", (2 * size[0], size[1]), "white")
         canvas.paste(image, (0, 0))
-        canvas.paste(blended, (size[0], 0))
-        draw = ImageDraw.Draw(canvas)
-        for row, (class_id, share) in enumerate(classes):
-            x, y = 2 * size[0] + 8, 4 + row * LEGEND_ROW
-            colour = tuple(int(c) for c in self.colours[class_id])
-            draw.rectangle([x, y + 2, x + 14, y + 16], fill=colour, outline="black")
-            draw.text((x + 22, y + 1), f"{self.name(class_id)[:22]}  {share:.1%}", fill="black", font=self.font)
+        canvas.paste(Image.blend(image, coloured, MASK_ALPHA), (size[0], 0))
         return canvas
+
+    def colour(self, class_id: int) -> str:
+        """The class's colour as CSS `#rrggbb` (grey for ids past the palette)."""
+        if class_id >= len(self.colours):
+            return "#808080"
+        red, green, blue = (int(c) for c in self.colours[class_id])
+        return f"#{red:02x}{green:02x}{blue:02x}"
 
     def outlier_map(self, image: Image.Image, outliers: list[dict[str, Any]], scale: float) -> Image.Image:
         """The image with each outlier patch (original-pixel box) filled and outlined."""
@@ -163,7 +181,7 @@ def _render_row(
     small_mask = np.asarray(Image.fromarray(mask).resize(display, Image.NEAREST)) if display != size else mask
     stem = f"{number:05d}-{_safe_name(row['image_id'])}.png"
     overlay, outliers = f"{OVERLAY_DIR}/{stem}", f"{OUTLIER_DIR}/{stem}"
-    painter.overlay(small, small_mask, shares).save(directory / overlay, optimize=False)
+    painter.overlay(small, small_mask).save(directory / overlay, optimize=False)
     painter.outlier_map(small, row["outliers"] or [], scale).save(directory / outliers, optimize=False)
     return RenderedImage(
         number=number,
@@ -172,13 +190,14 @@ def _render_row(
         outliers=outliers,
         width=size[0],
         height=size[1],
-        classes=[(painter.name(c), share) for c, share in shares],
+        classes=[(c, painter.name(c), share) for c, share in shares],
         mean_confidence=row["mean_confidence"],
         outlier_count=int(row["outlier_count"] or 0),
         outlier_ratio=row["outlier_ratio"],
         score_max=row["score_max"],
         windows=row["windows"],
         note=note,
+        hover=HoverMap.of(small_mask),
     )
 
 
@@ -213,7 +232,7 @@ def render(
             else:
                 number = len(report.rendered) + 1
                 report.rendered.append(_render_row(painter, row, number, directory, storage_options))
-    (directory / INDEX).write_text(page(output.uri, report), encoding="utf-8")
+    (directory / INDEX).write_text(page(output.uri, report, painter), encoding="utf-8")
     return report
 
 
@@ -231,6 +250,12 @@ th button { font: inherit; font-weight: bold; border: none; background: none; cu
 td.num { text-align: right; white-space: nowrap; }
 img { max-width: 100%; display: block; }
 .note { color: #a00; }
+.legend { list-style: none; padding: 0; margin: 4px 0 0 0; }
+.swatch { display: inline-block; width: 12px; height: 12px; border: 1px solid #000; margin-right: 6px;
+          vertical-align: -1px; }
+.mask { position: relative; }
+#pointer-class { position: fixed; pointer-events: none; background: #222; color: #fff; padding: 2px 6px;
+                 border-radius: 3px; display: none; }
 </style>
 </head>
 <body>
@@ -247,7 +272,36 @@ $rows
 </tbody>
 </table>
 $errors
+<div id="pointer-class"></div>
 <script>
+var CLASS_NAMES = $names;
+var tip = document.getElementById("pointer-class");
+function classAt(box, event) {
+  var image = box.querySelector("img"), rect = image.getBoundingClientRect();
+  var half = rect.width / 2, x = event.clientX - rect.left - half, y = event.clientY - rect.top;
+  if (x < 0) { x += half; }  // the plain picture and the overlay show the same pixels
+  var columns = Number(box.dataset.columns), rows = Number(box.dataset.rows);
+  var col = Math.min(columns - 1, Math.floor(x / half * columns));
+  var row = Math.min(rows - 1, Math.floor(y / rect.height * rows));
+  if (col < 0 || row < 0) { return null; }
+  var index = row * columns + col, runs = box.dataset.runs.split(",");
+  for (var i = 0; i < runs.length; i++) {
+    var run = runs[i].split("*");
+    index -= Number(run[1]);
+    if (index < 0) { var id = Number(run[0]); return CLASS_NAMES[id] || ("class " + id); }
+  }
+  return null;
+}
+document.querySelectorAll(".mask").forEach(function (box) {
+  box.addEventListener("mousemove", function (event) {
+    var name = classAt(box, event);
+    tip.style.display = name === null ? "none" : "block";
+    tip.textContent = name;
+    tip.style.left = (event.clientX + 14) + "px";
+    tip.style.top = (event.clientY + 14) + "px";
+  });
+  box.addEventListener("mouseleave", function () { tip.style.display = "none"; });
+});
 document.querySelectorAll("th button").forEach(function (button) {
   button.addEventListener("click", function () {
     var key = button.dataset.key, body = document.querySelector("#images tbody");
@@ -273,16 +327,30 @@ def _picture(path: str, alt: str) -> str:
     return f'<a href="{quote(path)}"><img src="{quote(path)}" alt="{html.escape(alt)}"></a>'
 
 
-def _row_html(item: RenderedImage) -> str:
+def _legend(item: RenderedImage, painter: _Painter) -> str:
+    entries = "".join(
+        f'<li><span class="swatch" style="background:{painter.colour(class_id)}"></span>{html.escape(name)} '
+        f"{share:.1%}</li>"
+        for class_id, name, share in item.classes[:TOP_CLASSES]
+    )
+    more = f"<li>and {len(item.classes) - TOP_CLASSES} more</li>" if len(item.classes) > TOP_CLASSES else ""
+    return f'<ul class="legend">{entries}{more}</ul>'
+
+
+def _row_html(item: RenderedImage, painter: _Painter) -> str:
     e = html.escape
-    classes = "<br>".join(f"{e(name)} {share:.1%}" for name, share in item.classes[:TOP_CLASSES])
+    hover = item.hover
+    mask = (
+        f'<div class="mask" data-columns="{hover.columns}" data-rows="{hover.rows}" data-runs="{hover.runs}">'
+        f"{_picture(item.overlay, f'mask of {item.image_id}')}</div>"
+    )
     note = f'<div class="note">{e(item.note)}</div>' if item.note else ""
     confidence = item.mean_confidence if item.mean_confidence is not None else -1.0
     return (
         f'<tr data-number="{item.number}" data-outliers="{item.outlier_count}" data-confidence="{confidence}">'
         f'<td class="num">{item.number}</td>'
-        f"<td>{e(item.image_id)}<br>{item.width}x{item.height}{note}<br>{classes}</td>"
-        f"<td>{_picture(item.overlay, f'mask of {item.image_id}')}</td>"
+        f"<td>{e(item.image_id)}<br>{item.width}x{item.height}{note}{_legend(item, painter)}</td>"
+        f"<td>{mask}</td>"
         f"<td>{_picture(item.outliers, f'outliers of {item.image_id}')}</td>"
         f'<td class="num">{item.outlier_count}<br>ratio {_cell_number(item.outlier_ratio, ".4f")}'
         f"<br>max score {_cell_number(item.score_max, '.3f')}</td>"
@@ -291,7 +359,7 @@ def _row_html(item: RenderedImage) -> str:
     )
 
 
-def page(uri: str, report: RenderReport) -> str:
+def page(uri: str, report: RenderReport, painter: _Painter) -> str:
     """The self-contained `index.html`."""
     summary = f"{len(report.rendered)} images rendered"
     if report.not_rendered:
@@ -304,6 +372,7 @@ def page(uri: str, report: RenderReport) -> str:
     return PAGE.substitute(
         title=html.escape(uri),
         summary=summary,
-        rows="\n".join(_row_html(item) for item in report.rendered),
+        rows="\n".join(_row_html(item, painter) for item in report.rendered),
         errors=errors,
+        names=json.dumps(painter.names).replace("</", "<\\/"),
     )

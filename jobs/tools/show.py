@@ -8,6 +8,7 @@ records (per-image counts, scores, where in the window grid they sit).
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline import STATUS_OK, LabelledOutput, Manifest
+from pipeline import RUN_RUNNING, RUN_SUCCEEDED, STATUS_OK, LabelledOutput, Manifest
 
 COLUMNS = ("status", "error", "class_ids", "class_pixels", "mean_confidence", "outlier_count", "outliers")
 TOP = 5
@@ -139,6 +140,8 @@ def _run_line(manifest: Manifest, writing_job: str | None) -> dict[str, Any]:
         "ok": counts.ok if counts else None,
         "error": counts.error if counts else None,
         "skipped": counts.skipped if counts else None,
+        "found": counts.total if counts else None,
+        "error_message": manifest.error,
         "images_per_second": manifest.images_per_second,
         "model": f"{manifest.model.arch or None}:{manifest.model.weights or None}",
         "config_hash": manifest.config_hash,
@@ -146,9 +149,22 @@ def _run_line(manifest: Manifest, writing_job: str | None) -> dict[str, Any]:
 
 
 def _render_run(run: dict[str, Any]) -> str:
+    head = f"  {run['run_id']}  {run['status']:<9} {run['started_at']}  "
+    if run["status"] != RUN_SUCCEEDED:
+        why = run["error_message"] or ("still running" if run["status"] == RUN_RUNNING else "no error recorded")
+        return head + why
+    if run["found"] == 0:
+        return head + f"found no images  {run['model']}"
     speed = f"{run['images_per_second']:.2f} img/s" if run["images_per_second"] is not None else "-"
     counts = f"ok {run['ok']}  error {run['error']}  skipped {run['skipped']}"
-    return f"  {run['run_id']}  {run['status']:<9} {run['started_at']}  {counts}  {speed}  {run['model']}"
+    return head + f"{counts}  {speed}  {run['model']}"
+
+
+def error_rows(output: LabelledOutput) -> Iterator[tuple[str, str]]:
+    """(image_id, reason) of every error row, streamed: what `show --errors` lists."""
+    for batch in output.batches(("image_id", "status", "error")):
+        table = pa.Table.from_batches([batch]).filter(pc.not_equal(batch.column("status"), STATUS_OK))
+        yield from zip(table["image_id"].to_pylist(), table["error"].fill_null("(no message)").to_pylist(), strict=True)
 
 
 def format_summary(summary: dict[str, Any]) -> str:

@@ -1,4 +1,5 @@
-"""The user's mistakes through the real `sfp-label` entry point: exit 2, at most two lines naming the thing."""
+"""The user's mistakes through the real `sfp-label` entry point: exit 2, at most two lines naming the thing,
+found by preflight before Ray starts, and nothing written."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from jobs.cli.exitcodes import ExitCode
+from jobs.jobfile.placement import SUBMITTED_JOB_ENV
 
 SFP_LABEL = str(Path(sys.executable).parent / "sfp-label")
 
@@ -29,11 +32,19 @@ def job_file(tmp_path: Path, *, input_uri: str, output_uri: str, model: str, voc
     return path
 
 
-def run(job: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+# `sfp-label`'s own entry point, then whether Ray was started (it must not be, for a refused job).
+ENTRY = (
+    "import sys, ray; from jobs.cli import main; code = main(sys.argv[1:]); "
+    "print('ray:', ray.is_initialized()); sys.exit(code)"
+)
+
+
+def run(job: Path, env: dict[str, str] | None = None, cwd: Path | None = None, command: str = "run"):
     environ = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | (env or {})
     return subprocess.run(
-        [SFP_LABEL, "run", str(job), "--no-progress"], capture_output=True, text=True, env=environ, timeout=300
-    )
+        [sys.executable, "-c", ENTRY, command, str(job)], capture_output=True, text=True, env=environ, timeout=300,
+        cwd=cwd,
+    )  # fmt: skip
 
 
 TINY = "{arch: SFP-Tiny-16, weights: random}"
@@ -50,18 +61,39 @@ CASES = {
     "output is a file": ({"output_uri": "{tmp}/a-file"}, ["output", "a-file", "is a file"]),
     "empty vocabulary": ({"vocabulary": "{file: '{tmp}/empty.txt'}"}, ["vocabulary", "empty"]),
     "unknown arch": ({"model": "{arch: ViT-Nope-99, weights: random}"}, ["model.arch", "ViT-Nope-99"]),
+    "empty input": ({"input_uri": "{tmp}/empty"}, ["input", "holds no images", "holds no files", "allow_empty"]),
+    "extensions match nothing": (
+        {"input_uri": "{tmp}/pngs", "extra": "  extensions: [jpg]\n"},
+        ["extensions jpg", "3 other files (3 .png)", "input.extensions"],
+    ),
+    "relative output under ray job submit": (
+        {"output_uri": "out/labels", "env": "submitted"},
+        ["output.uri", "relative", "ray job submit", "absolute path"],
+    ),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_user_mistakes_exit_2_in_at_most_two_lines(tmp_path, case):
-    (tmp_path / "images").mkdir()
+    for folder in ("images", "empty", "pngs"):
+        (tmp_path / folder).mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "images" / "a.JPG")  # extensions match in any case
+    for name in ("a", "b", "c"):
+        Image.new("RGB", (8, 8)).save(tmp_path / "pngs" / f"{name}.png")
     (tmp_path / "a-file").write_text("not a folder")
     (tmp_path / "empty.txt").write_text("\n\n")
     keys = {"input_uri": f"{tmp_path}/images", "output_uri": f"{tmp_path}/out", "model": TINY, "vocabulary": CLASSES}
     changes, words = CASES[case]
     keys.update({name: value.replace("{tmp}", str(tmp_path)) for name, value in changes.items()})
-    result = run(job_file(tmp_path, **keys))
+    env = {SUBMITTED_JOB_ENV: "{}"} if keys.pop("env", None) else None
+    extra = keys.pop("extra", "")
+    job = job_file(tmp_path, **keys)
+    job.write_text(
+        job.read_text().replace(
+            f"input: {{uri: '{keys['input_uri']}'}}", f"input:\n  uri: '{keys['input_uri']}'\n{extra}"
+        )
+    )
+    result = run(job, env=env, cwd=tmp_path)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == ExitCode.BAD_JOB, result.stderr[-3000:]
     assert 1 <= len(lines) <= 2, result.stderr
@@ -69,6 +101,23 @@ def test_user_mistakes_exit_2_in_at_most_two_lines(tmp_path, case):
         assert word in result.stderr, (word, result.stderr)
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()  # refused before anything was written
+    assert "ray: False" in result.stdout  # found before Ray started
+
+
+def test_a_good_job_passes_preflight_and_validate_checks_what_it_names(tmp_path):
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "images" / "a.webp")  # a default extension
+    keys = {"input_uri": f"{tmp_path}/images", "output_uri": f"{tmp_path}/out", "model": TINY, "vocabulary": CLASSES}
+    good = run(job_file(tmp_path, **keys), command="validate")
+    assert good.returncode == ExitCode.OK and "ray: False" in good.stdout, good.stderr
+    keys["input_uri"] = f"{tmp_path}/missing"
+    bad = run(job_file(tmp_path, **keys), command="validate")
+    assert bad.returncode == ExitCode.BAD_JOB and "does not exist" in bad.stderr
+    offline = subprocess.run(
+        [SFP_LABEL, "validate", str(tmp_path / "job.yaml"), "--offline"], capture_output=True, text=True, timeout=120
+    )
+    assert offline.returncode == ExitCode.OK and "--offline" in offline.stdout, offline.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_wrong_credentials_exit_2_and_never_show_the_secret(tmp_path, s3_server):

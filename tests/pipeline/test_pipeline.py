@@ -31,7 +31,7 @@ ARCH = "SFP-Tiny-16"
 GOLDEN_WEIGHTS = str(helpers.GOLDEN_WEIGHTS)
 CONFIG = SFPConfig(short_side=224)
 VOCAB = Vocabulary([["background", "sky"], ["cat"], ["dog"]])
-RUN = {"vocabulary": VOCAB, "arch": ARCH, "config": CONFIG, "progress": False}
+RUN = {"vocabulary": VOCAB, "arch": ARCH, "config": CONFIG}
 
 
 def read_output(path: Path):
@@ -238,7 +238,6 @@ def test_killed_driver_then_incremental_rerun_is_exactly_once(ray_local, image_c
             model=ModelChoice(arch={ARCH!r}, weights="random"),
             config=SFPConfig(short_side=224),
             resources=Resources(batch_size=2),
-            progress=False,
         ))
         """
     )
@@ -342,7 +341,6 @@ def test_an_overwrite_killed_mid_commit_leaves_one_whole_version(ray_local, imag
             vocabulary=Vocabulary({[list(c) for c in VOCAB.classes]!r}),
             model=ModelChoice(arch={ARCH!r}, weights="random"),
             config=SFPConfig(short_side=224),
-            progress=False,
         ))
         """
     )

@@ -9,7 +9,7 @@ import numpy as np
 from helpers import run_label
 from PIL import Image
 
-from pipeline import find_secrets
+from pipeline import RunDisplay, find_secrets
 from sfp_core import SFPConfig, Vocabulary
 
 SECRET_NAMES = [
@@ -43,7 +43,7 @@ def test_no_written_file_or_log_line_holds_a_secret_option(ray_local, tmp_path, 
         input_storage_options={**markers("in"), "nested": {"client_kwargs": markers("nest")}},
         output_storage_options=markers("out"),
         weights_storage_options=markers("w"),
-        progress=True,
+        display=RunDisplay(ray_progress=True, verbose=True),  # every log line Ray can print
     )
     assert summary.ok == 1
     written = [path for path in Path(output).rglob("*") if path.is_file()]

@@ -137,7 +137,7 @@ def test_a_run_configured_only_through_environment_variables(ray_local, s3_serve
     upload(fs, root, "sfp-env-in/corpus")
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint_url)
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    summary = run_label("s3://sfp-env-in/corpus", "s3://sfp-env-out/labels", storage_retry_s=5, progress=False, **RUN)
+    summary = run_label("s3://sfp-env-in/corpus", "s3://sfp-env-out/labels", storage_retry_s=5, **RUN)
     assert summary.total == len(expected) and summary.ok + summary.error == len(expected)
     table = remote_output_table(fs, "sfp-env-out/labels")
     assert sorted(table.column("image_id").to_pylist()) == sorted(expected)

@@ -43,7 +43,7 @@ pytestmark = pytest.mark.timeout(180)
 
 GOLDEN_WEIGHTS = helpers.GOLDEN_WEIGHTS
 VOCAB = Vocabulary([["background", "sky"], ["cat"], ["dog"]])
-RUN = {"vocabulary": VOCAB, "arch": "SFP-Tiny-16", "weights": "random", "progress": False}
+RUN = {"vocabulary": VOCAB, "arch": "SFP-Tiny-16", "weights": "random"}
 
 
 def rows(output: Path) -> list[dict]:
@@ -260,15 +260,15 @@ def test_weights_uri_is_checked_against_the_job_files_sha256_and_code_pickles_ar
     right = hashlib.sha256(weights.read_bytes()).hexdigest()
     uri = f"file://{weights}"
 
-    summary = run_job(load_job(job_file(tmp_path / "right", uri, right)), progress=False)
+    summary = run_job(load_job(job_file(tmp_path / "right", uri, right)))
     assert summary.ok == 1
 
     with pytest.raises(Exception, match=f"failed the sha256 check: expected {'0' * 64}, got {right}"):
-        run_job(load_job(job_file(tmp_path / "altered", uri, "0" * 64)), progress=False)
+        run_job(load_job(job_file(tmp_path / "altered", uri, "0" * 64)))
     assert not list((tmp_path / "altered" / "out").glob("*.parquet"))
 
     evil = tmp_path / "models" / "evil.pt"
     evil.write_bytes(pickle.dumps({"visual.proj": _Payload()}))
     with pytest.raises(Exception, match=r"refusing to load weights .*evil\.pt: it is a pickle that needs code"):
-        run_job(load_job(job_file(tmp_path / "evil", f"file://{evil}", None)), progress=False)
+        run_job(load_job(job_file(tmp_path / "evil", f"file://{evil}", None)))
     assert not list((tmp_path / "evil" / "out").glob("*.parquet"))

@@ -36,7 +36,6 @@ RUN = {
     "config": SFPConfig(short_side=448),  # slow enough (~10 s on 2 cores) for an outage to land mid-run
     "batch_size": 2,
     "rows_per_file": 2,  # a commit every two images: the outage hits writes in flight
-    "progress": False,
 }
 OUTAGE_S = 3.0
 

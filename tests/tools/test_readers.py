@@ -25,7 +25,7 @@ pytestmark = pytest.mark.timeout(300)
 
 VOCAB = Vocabulary([["background", "sky"], ["cat"], ["dog", "puppy"]])
 RUN = {"vocabulary": VOCAB, "arch": "SFP-Tiny-16", "weights": "random", "config": SFPConfig(short_side=224),
-       "progress": False}  # fmt: skip
+}  # fmt: skip
 PHOTOS = sorted(path.name for path in (ROOT / "examples" / "images").glob("*.jpg"))
 
 

@@ -27,7 +27,7 @@ from helpers import output_table, run_label
 from PIL import Image
 
 from jobs.cli import main
-from jobs.tools.render import LEGEND_ROW, LEGEND_WIDTH, _Painter, palette
+from jobs.tools.render import _Painter, palette
 from sfp_core import SFPConfig, Vocabulary
 
 pytestmark = pytest.mark.timeout(300)
@@ -59,7 +59,7 @@ def labelled(ray_local, tmp_path_factory) -> Path:
     output = tmp_path_factory.mktemp("render-output") / "out"
     run_label(
         str(root), str(output), vocabulary=VOCAB, arch="SFP-Tiny-16", weights=GOLDEN_WEIGHTS,
-        config=SFPConfig(short_side=224), mode="overwrite", progress=False,
+        config=SFPConfig(short_side=224), mode="overwrite",
     )  # fmt: skip
     return output
 
@@ -87,7 +87,7 @@ def test_every_ok_image_gets_an_overlay_and_an_outlier_map_and_errors_are_listed
     for overlay, outlier_map in zip(overlays, maps, strict=True):
         panel = Image.open(directory / outlier_map).size
         with Image.open(directory / overlay) as picture:
-            assert picture.size[0] == 2 * panel[0] + LEGEND_WIDTH and picture.size[1] >= panel[1]
+            assert picture.size == (2 * panel[0], panel[1])
     page = (directory / "index.html").read_text()
     for row in ok:
         assert row["image_id"].replace("&", "&amp;") in page
@@ -117,15 +117,18 @@ def test_outlier_maps_mark_exactly_the_recorded_patches(rendered):
 def test_palette_is_voc_and_the_legend_shows_each_class_in_its_colour(rendered):
     assert palette(6).tolist() == [[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0], [0, 0, 128], [128, 0, 128]]
     directory, rows = rendered
-    row = next(r for r in rows if r["status"] == "ok")
-    first = next(p for p in pictures(directory) if p.startswith("overlays/00001-"))
-    overlay = np.asarray(Image.open(directory / first).convert("RGB"))
-    panel_width = (overlay.shape[1] - LEGEND_WIDTH) // 2
-    by_area = [c for _, c in sorted(zip(row["class_pixels"], row["class_ids"], strict=True), reverse=True)]
+    page = (directory / "index.html").read_text()
+    legends = re.findall(r'<ul class="legend">(.*?)</ul>', page)
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert len(legends) == len(ok)
     colours = palette(len(VOCAB))
-    for index, class_id in enumerate(by_area):
-        swatch = overlay[4 + index * LEGEND_ROW + 9, 2 * panel_width + 15]
-        assert swatch.tolist() == colours[class_id].tolist()
+    for legend, row in zip(legends, ok, strict=True):
+        by_area = [c for _, c in sorted(zip(row["class_pixels"], row["class_ids"], strict=True), reverse=True)]
+        entries = re.findall(r'background:#([0-9a-f]{6})"></span>([^<]+?) [0-9.]+%', legend)
+        assert [bytes.fromhex(hex_colour).hex() for hex_colour, _ in entries] == [
+            bytes(colours[c].tolist()).hex() for c in by_area
+        ]
+        assert [name for _, name in entries] == [VOCAB.classes[c][0] for c in by_area]
 
 
 def test_unreadable_sources_and_16_bit_masks_still_render(tmp_path, capsys):
@@ -276,6 +279,9 @@ def test_the_page_loads_in_chromium_with_every_picture_and_no_console_errors(ren
         browser.evaluate("document.getElementById('sort-outliers').click()")
         assert browser.evaluate(order) == sorted(row["outlier_count"] for row in ok)
 
+        for point in pointer_checks(directory, ok[0]):
+            assert browser.evaluate(point["script"]) == point["name"], point
+
         shot = browser.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
         (tmp_path / "page.png").write_bytes(base64.b64decode(shot["data"]))
         time.sleep(0.5)  # let late console messages arrive
@@ -283,6 +289,37 @@ def test_the_page_loads_in_chromium_with_every_picture_and_no_console_errors(ren
         assert browser.errors() == []
     screenshot = np.asarray(Image.open(tmp_path / "page.png").convert("RGB"))
     assert screenshot.shape[1] >= 800 and len(np.unique(screenshot.reshape(-1, 3), axis=0)) > 100
+
+
+def pointer_checks(directory: Path, row: dict) -> list[dict]:
+    """Points well inside each class region of the first overlay, as scripts that move the pointer there
+    (on the mask panel) and read the name the page shows; with the name the stored mask says."""
+    with Image.open(directory / pictures(directory)[0]) as overlay:
+        display = (overlay.size[0] // 2, overlay.size[1])
+    mask = Image.open(io.BytesIO(row["mask_png"]))
+    shown = np.asarray(mask.resize(display, Image.NEAREST) if display != mask.size else mask)
+    checks = []
+    for class_id in row["class_ids"]:
+        inside = shown == class_id
+        for _ in range(3):  # erode: keep points at least 3 picture pixels from any other class
+            inside = (
+                inside & np.roll(inside, 1, 0) & np.roll(inside, -1, 0) & np.roll(inside, 1, 1) & np.roll(inside, -1, 1)
+            )
+        ys, xs = np.nonzero(inside[4:-4, 4:-4])
+        if not len(ys):
+            continue
+        y, x = int(ys[len(ys) // 2]) + 4, int(xs[len(xs) // 2]) + 4
+        fx, fy = (x + 0.5) / display[0], (y + 0.5) / display[1]
+        script = (
+            "(function () { var box = document.querySelector('#images tbody tr[data-number=\"1\"] .mask');"
+            " var r = box.querySelector('img').getBoundingClientRect();"
+            f" var e = new MouseEvent('mousemove', {{bubbles: true, clientX: r.left + r.width / 2 + {fx} * r.width / 2,"
+            f" clientY: r.top + {fy} * r.height}});"
+            " box.dispatchEvent(e); return document.getElementById('pointer-class').textContent; })()"
+        )
+        checks.append({"script": script, "name": VOCAB.classes[class_id][0], "at": (x, y)})
+    assert checks
+    return checks
 
 
 def test_source_images_in_object_storage_are_read_with_the_storage_options(s3_server, tmp_path, capsys):

@@ -1,0 +1,131 @@
+"""A run as a person lives it, through the real `sfp-label`: a live bar on a terminal, progress lines in
+logs, the summary once, and Ctrl-C keeping what is finished."""
+
+from __future__ import annotations
+
+import os
+import pty
+import select
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import output_table
+from PIL import Image
+
+from jobs.cli.exitcodes import ExitCode
+
+pytestmark = pytest.mark.timeout(400)
+
+SFP_LABEL = str(Path(sys.executable).parent / "sfp-label")
+
+
+def corpus(folder: Path, count: int) -> list[str]:
+    folder.mkdir(parents=True)
+    names = [f"img_{i:03d}.png" for i in range(count)]
+    for i, name in enumerate(names):
+        pixels = np.random.default_rng(i).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / name)
+    return names
+
+
+def job(tmp_path: Path, source: Path, output: Path, extra_output: str = "") -> Path:
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        textwrap.dedent(f"""
+        input: {{uri: '{source}'}}
+        output: {{uri: '{output}'{extra_output}}}
+        model: {{arch: SFP-Tiny-16, weights: random}}
+        vocabulary: {{classes: [background, cat, dog]}}
+        resources: {{batch_size: 2}}
+        sfp: {{short_side: 224}}
+        """)
+    )
+    return path
+
+
+def environment() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+
+
+def test_a_terminal_gets_one_live_bar_and_the_summary_once(tmp_path):
+    names = corpus(tmp_path / "in", 12)
+    path = job(tmp_path, tmp_path / "in", tmp_path / "out")
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [SFP_LABEL, "run", str(path)], stdin=follower, stdout=follower, stderr=follower, env=environment()
+    )
+    os.close(follower)
+    seen = b""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([leader], [], [], 1.0)
+        if ready:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the terminal closed: the process is done
+                break
+            if not chunk:
+                break
+            seen += chunk
+        elif process.poll() is not None:
+            break
+    process.wait(timeout=60)
+    os.close(leader)
+    text = seen.decode(errors="replace")
+    assert process.returncode == ExitCode.OK, text[-3000:]
+    frames = [frame for frame in text.split("\r") if f"/{len(names)} images" in frame]
+    assert len(frames) >= 2 and "ETA" in frames[0], text[-3000:]  # the bar redrew itself as rows landed
+    assert f"{len(names)}/{len(names)} images ({len(names)} ok, 0 error)" in text
+    assert text.count(f"{len(names)} ok, 0 error, 0 skipped of {len(names)} images") == 1  # the summary, once
+    assert "manifest: file://" in text
+    assert "Traceback" not in text and "Deprecat" not in text
+
+
+def test_logs_get_a_progress_line_every_few_seconds(tmp_path):
+    names = corpus(tmp_path / "in", 10)
+    path = job(tmp_path, tmp_path / "in", tmp_path / "out")
+    result = subprocess.run(
+        [SFP_LABEL, "run", str(path), "--progress-every", "0.5"],
+        capture_output=True, text=True, env=environment(), timeout=300,
+    )  # fmt: skip
+    assert result.returncode == ExitCode.OK, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("progress: ")]
+    assert lines and lines[-1].startswith(f"progress: {len(names)}/{len(names)} images"), result.stderr[-3000:]
+    assert "\r" not in result.stderr  # no bar drawn into a log
+    assert result.stdout.count(" skipped of ") == 1 and result.stderr.count(" skipped of ") == 0
+
+
+def test_ctrl_c_commits_what_is_finished_and_the_next_run_does_the_rest(tmp_path):
+    """rows_per_file and commit_every_s far above the run: only the interruption can have committed rows."""
+    names = corpus(tmp_path / "in", 60)
+    output = tmp_path / "out"
+    path = job(tmp_path, tmp_path / "in", output, ", rows_per_file: 100000, commit_every_s: 3600")
+    process = subprocess.Popen(
+        [SFP_LABEL, "run", str(path), "--progress-every", "0.1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment(),
+    )  # fmt: skip
+    done = 0
+    for line in process.stderr:
+        if line.startswith("progress: "):
+            done = int(line.split()[1].split("/")[0])
+            if done >= 4:
+                break
+    assert done >= 4, "the run never got going"
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == ExitCode.INTERRUPTED, err[-3000:]
+    assert "interrupted" in err and "Traceback" not in err
+    kept = output_table(output).column("image_id").to_pylist()
+    assert done <= len(kept) < len(names) and len(set(kept)) == len(kept)
+
+    again = subprocess.run([SFP_LABEL, "run", str(path), "--no-progress"], capture_output=True, text=True,
+                           env=environment(), timeout=300)  # fmt: skip
+    assert again.returncode == ExitCode.OK, again.stderr[-3000:]
+    assert f"{len(names) - len(kept)} ok, 0 error, {len(kept)} skipped" in again.stdout
+    assert sorted(output_table(output).column("image_id").to_pylist()) == names  # exactly once
