@@ -55,9 +55,9 @@ from .secrets import find_secrets, is_secret_name
 from .storage import fsspec_options, is_local_uri, path_of_uri
 
 if TYPE_CHECKING:
+    from .checks import preflight
     from .decode import ImageError, decode_image
     from .labelling import ensure_ray, label
-    from .preflight import preflight
     from .upgrade import upgrade_output
 
 __all__ = [
@@ -122,9 +122,9 @@ def __getattr__(name: str) -> Any:
 
         return getattr(labelling, name)
     if name == "preflight":
-        from . import preflight
+        from . import checks
 
-        return preflight.preflight
+        return checks.preflight
     if name == "upgrade_output":
         from . import upgrade
 

@@ -19,6 +19,7 @@ from ray.data import DataContext
 
 from sfp_core import SFPLabelError
 
+from .checks import check_same_labels, preflight
 from .decode import decode_batch
 from .encode import encode_batch
 from .errors import (
@@ -43,7 +44,6 @@ from .output import (
 )
 from .output.manifest import InputRecord, ModelRecord, OutputRecord, ResourcesRecord, VocabularyRecord
 from .predict import SFPPredictor
-from .preflight import check_same_labels, preflight
 from .progress import ProgressCounter, RunDisplay
 from .relabel import drop_rows_to_relabel
 from .request import LabelRequest

@@ -1,4 +1,4 @@
-"""Preflight: everything a request can get wrong that is knowable before Ray or the model starts.
+"""`preflight`: everything a request can get wrong that is knowable before Ray or the model starts.
 
 In order, each in seconds and without writing anything: the input exists, is
 readable with these credentials and holds at least one image with the
