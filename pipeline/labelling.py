@@ -11,6 +11,7 @@ import re
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -303,6 +304,14 @@ def _todo(run: _Run) -> tuple[ray.data.Dataset, int]:
 
 def _stages(todo: ray.data.Dataset, run: _Run, settings: StageSettings) -> ray.data.Dataset:
     """read bytes -> decode and resize (CPU tasks) -> SFP (actor pool) -> PNG encode (CPU tasks)."""
+    with warnings.catch_warnings():
+        # `max_task_retries` has no named parameter yet, and Ray's default (retry forever) would loop on a
+        # batch that kills its actor every time; passing it through ray_remote_args is deprecated, not gone.
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated", category=Warning)
+        return _stage_chain(todo, run, settings)
+
+
+def _stage_chain(todo: ray.data.Dataset, run: _Run, settings: StageSettings) -> ray.data.Dataset:
     cpu = {"batch_format": "pyarrow", "num_cpus": CPU_TASK_CPUS}
     resources = run.request.resources
     reading = {"location": run.source, "redact": run.redact, "retry": run.retry}
@@ -316,11 +325,10 @@ def _stages(todo: ray.data.Dataset, run: _Run, settings: StageSettings) -> ray.d
             batch_size=resources.batch_size,
             batch_format="pyarrow",
             fn_constructor_args=(settings.predictor,),
-            concurrency=resources.actors,
+            compute=ray.data.ActorPoolStrategy(min_size=resources.actors[0], max_size=resources.actors[1]),
             num_cpus=ACTOR_CPUS,
             num_gpus=resources.gpus_per_actor,
-            max_restarts=-1,
-            max_task_retries=ACTOR_TASK_RETRIES,
+            max_task_retries=ACTOR_TASK_RETRIES,  # a killed actor is always restarted (Ray's default)
         )
         .map_batches(encode_batch, batch_size=None, fn_kwargs={"settings": settings.encode}, **cpu)
     )
@@ -376,7 +384,7 @@ def ensure_ray(verbose: bool = False) -> None:
         return
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGTERM) if main_thread else None
-    quiet = {"logging_level": logging.INFO if verbose else logging.WARNING, "log_to_driver": verbose}
+    quiet = {"logging_level": logging.INFO if verbose else logging.ERROR, "log_to_driver": verbose}
     if os.environ.get("RAY_ADDRESS"):
         ray.init(**quiet)
     else:
@@ -404,14 +412,14 @@ def _loopback_only() -> None:
 def _data_context(display: RunDisplay) -> Iterator[None]:
     """Ray Data's bars and plan printout only when asked; a stage's own exception (e.g. StorageUnavailable)
     rather than Ray's wrapper."""
+    data_logger = logging.getLogger("ray.data")
+    level = data_logger.level
+    data_logger.setLevel(logging.INFO if display.verbose else logging.ERROR)
     ctx = DataContext.get_current()
     names = ("enable_progress_bars", "print_on_execution_start", "raise_original_map_exception")
     saved = [getattr(ctx, name) for name in names]
     for name, value in zip(names, (display.ray_progress, display.verbose, True), strict=True):
         setattr(ctx, name, value)
-    data_logger = logging.getLogger("ray.data")
-    level = data_logger.level
-    data_logger.setLevel(logging.INFO if display.verbose else logging.WARNING)
     try:
         yield
     finally:
