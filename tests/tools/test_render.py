@@ -142,7 +142,9 @@ def test_unreadable_sources_and_16_bit_masks_still_render(tmp_path, capsys):
     output = write_output(tmp_path / "out", [[row]], class_names=names)
     assert main(["render", str(output), str(tmp_path / "html"), "--limit", "0"]) == 0
     page = (tmp_path / "html" / "index.html").read_text()
-    assert "source image unreadable" in page and "class 289" not in page  # only the top classes are listed
+    (legend,) = re.findall(r'<ul class="legend">(.*?)</ul>', page)
+    assert "source image unreadable" in page and "class 289" not in legend  # only the top classes are listed
+    assert "and 235 more" in legend  # 240 classes present
     assert len(pictures(tmp_path / "html")) == 2
     assert "rendered 1 images" in capsys.readouterr().out
 
