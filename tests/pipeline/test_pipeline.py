@@ -22,7 +22,7 @@ import pytest
 from helpers import run_label
 from PIL import Image, ImageOps
 
-from pipeline import SCHEMA, ForeignFilesInOutput, read_image_ids
+from pipeline import SCHEMA, ForeignFilesInOutput, InputHasNoImages, read_image_ids
 from sfp_core import SFPConfig, SFPSegmenter, Vocabulary
 
 pytestmark = pytest.mark.timeout(240)
@@ -271,7 +271,10 @@ def test_killed_driver_then_incremental_rerun_is_exactly_once(ray_local, image_c
 def test_empty_and_missing_inputs(ray_local, tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.txt").write_text("no images here")
-    summary = run_label(str(tmp_path / "empty"), str(tmp_path / "out"), weights="random", **RUN)
+    with pytest.raises(InputHasNoImages, match=r"holds 1 other files \(1 \.txt\).*input.allow_empty"):
+        run_label(str(tmp_path / "empty"), str(tmp_path / "out"), weights="random", **RUN)
+    assert not (tmp_path / "out").exists()
+    summary = run_label(str(tmp_path / "empty"), str(tmp_path / "out"), weights="random", allow_empty=True, **RUN)
     assert (summary.total, summary.ok, summary.error, summary.files) == (0, 0, 0, ())
     assert (tmp_path / "out" / "_sfp" / "runs" / f"{summary.run_id}.json").exists()
     with pytest.raises(FileNotFoundError, match="does not exist"):
