@@ -58,9 +58,15 @@ def test_usage_errors_exit_2():
 
 
 def test_validate_good_and_bad(tmp_path):
-    good = cli("validate", "jobs/demo.yaml")
+    good = cli("validate", "jobs/demo.yaml", "--set", "model.weights=random")
     assert good.returncode == ExitCode.OK, good.stderr
     assert good.stdout.startswith("ok: job demo: examples/images -> out/demo")
+    # This machine has no network and no cached OpenAI weights: validate says so, naming both fixes.
+    offline = cli("validate", "jobs/demo.yaml")
+    assert offline.returncode == ExitCode.BAD_JOB and "not cached" in offline.stderr
+    assert "weights=/path/to/ViT-B-16.pt" in offline.stderr and "weights=random" in offline.stderr
+    file_only = cli("validate", "jobs/demo.yaml", "--offline")
+    assert file_only.returncode == ExitCode.OK, file_only.stderr
     bad = tmp_path / "bad.yaml"
     bad.write_text("input: {uri: x}\noutput: {uri: y, mode: sometimes}\nvocabulary: {classes: [cat]}\n")
     result = cli("validate", str(bad))
