@@ -1,10 +1,13 @@
-"""SFP throughput on CPU (or CUDA): batch 1 vs batched, against a plain CLIP forward of the same windows.
+"""SFP throughput on CPU (or CUDA): batch 1 vs batched, against plain ViT forwards of the same windows.
 
-The floor is open_clip's own `encode_image` on exactly the windows SFP runs;
-"all-weights" is SFP with attention probabilities materialised in every block,
-which is what the authors' code does. Ratios are from one run, interleaved.
+Two floors run exactly the windows SFP runs, in the same forward sizes:
+open_clip's own `encode_image`, and the true floor, our `ViTRunner` (fused
+attention in every block, no SFP part at all). "All-weights" is SFP with
+attention probabilities materialised in every block, which is what the
+authors' code does. Ratios are from one run, interleaved (A B C ..., A B C ...).
 
-    python bench/sfp_throughput.py --arch ViT-B-16 --images 16 --repeats 3
+    python bench/sfp_throughput.py --arch ViT-B-16 --images 8 --repeats 3
+    python bench/sfp_throughput.py --arch ViT-B-16 --images 8 --profile   # torch.profiler: top ops of a batched call
 """
 
 from __future__ import annotations
@@ -63,6 +66,18 @@ def all_blocks_materialise_attention():
         ViTRunner.run_block = original
 
 
+def profile(call) -> None:
+    """Where a batched `segment` call spends its time: torch.profiler's table, by self CPU time."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    call()  # warm-up
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with torch_profile(activities=activities, profile_memory=True) as prof:
+        call()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
+
+
 def timed(fn, device) -> float:
     sync(device)
     start = time.perf_counter()
@@ -82,6 +97,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "sfp_throughput.json"))
+    parser.add_argument("--profile", action="store_true", help="profile one batched call instead, print top ops")
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -91,12 +107,20 @@ def main() -> None:
     batches = window_batches(segmenter, images)
     windows = sum(len(b) for b in batches)
     model = segmenter.model
+    runner = segmenter.runner
     autocast = segmenter._autocast  # the same precision context SFP uses
 
     def plain_forward():
         with torch.inference_mode(), autocast():
             for batch in batches:
                 model.encode_image(batch)
+
+    def fused_forward():
+        with torch.inference_mode(), autocast():
+            for batch in batches:
+                tokens, _ = runner.embed(batch)
+                for index in range(runner.depth):
+                    tokens, _ = runner.run_block(index, tokens)
 
     def sfp_batch1():
         for image in images:
@@ -110,8 +134,12 @@ def main() -> None:
         with all_blocks_materialise_attention():
             sfp_batched()
 
+    if args.profile:
+        profile(lambda: segmenter.segment(images[: args.batch]))
+        return
     modes = {
-        "plain CLIP forward (floor)": plain_forward,
+        "fused ViT forward (floor)": fused_forward,
+        "open_clip encode_image": plain_forward,
         "SFP batch 1": sfp_batch1,
         f"SFP batched ({args.batch} images/call)": sfp_batched,
         "SFP, attention weights in every block": sfp_all_weights,
@@ -126,7 +154,7 @@ def main() -> None:
     for image in images[: min(8, len(images))]:
         latencies.append(timed(lambda image=image: segmenter.segment([image]), device))
 
-    floor = statistics.median(times["plain CLIP forward (floor)"])
+    floor = statistics.median(times["fused ViT forward (floor)"])
     rows = []
     for name, samples in times.items():
         seconds = statistics.median(samples)

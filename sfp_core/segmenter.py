@@ -19,7 +19,7 @@ from .backbone import Backbone, load_backbone
 from .config import SFPConfig
 from .pamr import pamr
 from .postprocess import Thresholds, label_map
-from .purifier import sfp_forward
+from .purifier import sfp_forward, window_logits
 from .results import ImageStats, Outlier, SegmentResult
 from .text import TextEmbeddingCache
 from .vit import ViTRunner
@@ -146,7 +146,7 @@ class SFPSegmenter:
             with self._autocast():
                 out = sfp_forward(self.runner, batch, self.text_features, self.config)
             for j, w in enumerate(chunk):
-                sums[w.image][:, w.y1 : w.y2, w.x1 : w.x2] += out.logits[j]
+                sums[w.image][:, w.y1 : w.y2, w.x1 : w.x2] += window_logits(out.logits[j], (w.y2 - w.y1, w.x2 - w.x1))
             detections.append((chunk, out.outliers, out.scores, out.grid))
 
         outliers = self._collect_outliers(detections, pixels, sizes)

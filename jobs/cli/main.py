@@ -214,9 +214,9 @@ def _output(args: argparse.Namespace) -> ExitCode:
             output, args.directory, ignore_below=args.ignore_below, ignore_index=args.ignore_index, split=args.split
         )
     print(report.one_line())
-    if report.ignored_share > MOSTLY_IGNORED:
+    if report.unsure.share > MOSTLY_IGNORED:
         print(
-            f"sfp-label export: warning: --ignore-below {args.ignore_below} left {report.ignored_share:.0%} of the "
+            f"sfp-label export: warning: --ignore-below {args.ignore_below} left {report.unsure.share:.0%} of the "
             "pixels unlabelled; a lower threshold keeps more of the masks",
             file=sys.stderr,
         )

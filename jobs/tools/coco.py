@@ -25,6 +25,8 @@ from pycocotools import mask as coco_mask
 
 from pipeline import STATUS_OK, LabelledOutput, OutputError
 
+from .unsure import UnsurePixels
+
 ANNOTATIONS_FILE = "annotations.json"
 
 
@@ -33,20 +35,11 @@ class CocoReport:
     images: int
     annotations: int
     skipped_errors: int
-    ignored_pixels: int
+    unsure: UnsurePixels
     path: Path
-    total_pixels: int = 0
-
-    @property
-    def ignored_share(self) -> float:
-        return self.ignored_pixels / self.total_pixels if self.total_pixels else 0.0
 
     def one_line(self) -> str:
-        ignored = (
-            f", {self.ignored_pixels} pixels ({self.ignored_share:.1%}) left out as unsure"
-            if self.ignored_pixels
-            else ""
-        )
+        ignored = self.unsure.phrase("left out as unsure")
         skipped = f", {self.skipped_errors} error rows skipped" if self.skipped_errors else ""
         return f"exported {self.images} images and {self.annotations} annotations to {self.path}{ignored}{skipped}"
 
@@ -64,7 +57,8 @@ def export_coco(output: LabelledOutput, destination: Path, *, ignore_below: floa
     path.parent.mkdir(parents=True, exist_ok=True)
     columns = ["image_id", "status", "width", "height", "mask_png"]
     columns += ["confidence_png"] if ignore_below is not None else []
-    counts = {"images": 0, "annotations": 0, "skipped": 0, "ignored": 0, "pixels": 0}
+    counts = {"images": 0, "annotations": 0, "skipped": 0}
+    unsure = UnsurePixels()
     with tempfile.TemporaryFile("w+") as images, tempfile.TemporaryFile("w+") as annotations:
         for batch in output.batches(columns):
             for row in batch.to_pylist():
@@ -76,15 +70,12 @@ def export_coco(output: LabelledOutput, destination: Path, *, ignore_below: floa
                 _append(images, {"id": image_id, "file_name": row["image_id"], "width": row["width"],
                                  "height": row["height"]}, first=image_id == 1)  # fmt: skip
                 mask, ignored = _mask(output, row, ignore_below)
-                counts["ignored"] += ignored
-                counts["pixels"] += mask.size
+                unsure = unsure.plus(ignored, mask.size)
                 for annotation in class_annotations(mask, image_id):
                     counts["annotations"] += 1
                     _append(annotations, {"id": counts["annotations"], **annotation}, first=counts["annotations"] == 1)
         _assemble(path, names, images, annotations)
-    return CocoReport(
-        counts["images"], counts["annotations"], counts["skipped"], counts["ignored"], path, counts["pixels"]
-    )
+    return CocoReport(counts["images"], counts["annotations"], counts["skipped"], unsure, path)
 
 
 def _mask(output: LabelledOutput, row: dict, ignore_below: float | None) -> tuple[np.ndarray, int]:

@@ -20,6 +20,8 @@ from PIL import Image
 
 from pipeline import STATUS_OK, LabelledOutput, OutputError, mask_dtype_for
 
+from .unsure import UnsurePixels
+
 LABEL_DIR = "SegmentationClass"
 SPLIT_DIR = "ImageSets/Segmentation"
 CLASSES_FILE = "classes.txt"
@@ -30,20 +32,13 @@ IGNORE_INDEX = 255  # the usual pseudo-label ignore index (VOC, mmseg, torchvisi
 class ExportReport:
     exported: int
     skipped_errors: int
-    ignored_pixels: int
+    unsure: UnsurePixels
     directory: Path
     split_file: Path
     unsafe_ids: list[str] = field(default_factory=list)  # ids that would name a file outside the export folder
-    total_pixels: int = 0
-
-    @property
-    def ignored_share(self) -> float:
-        return self.ignored_pixels / self.total_pixels if self.total_pixels else 0.0
 
     def one_line(self) -> str:
-        ignored = (
-            f", {self.ignored_pixels} pixels ({self.ignored_share:.1%}) set to ignore" if self.ignored_pixels else ""
-        )
+        ignored = self.unsure.phrase("set to ignore")
         skipped = f", {self.skipped_errors} error rows skipped" if self.skipped_errors else ""
         unsafe = ""
         if self.unsafe_ids:
@@ -95,7 +90,8 @@ def export(
     columns = ["image_id", "status", "mask_png"] + (["confidence_png"] if ignore_below is not None else [])
     labels = directory / LABEL_DIR
     exported: dict[str, str] = {}
-    skipped = ignored = pixels = 0
+    skipped = 0
+    unsure = UnsurePixels()
     unsafe: list[str] = []
     for batch in output.batches(columns):
         for row in batch.to_pylist():
@@ -117,14 +113,13 @@ def export(
                         "with output.confidence: true"
                     )
                 png, low, size = _ignore_low_confidence(png, row["confidence_png"], ignore_below, ignore_index)
-                ignored += low
-                pixels += size
+                unsure = unsure.plus(low, size)
             _write_inside(labels, f"{stem}.png", png)
     split_file = directory / SPLIT_DIR / f"{split}.txt"
     split_file.parent.mkdir(parents=True, exist_ok=True)
     split_file.write_text("".join(f"{stem}\n" for stem in sorted(exported)), encoding="utf-8")
     (directory / CLASSES_FILE).write_text("".join(f"{name}\n" for name in names), encoding="utf-8")
-    return ExportReport(len(exported), skipped, ignored, directory, split_file, unsafe, pixels)
+    return ExportReport(len(exported), skipped, unsure, directory, split_file, unsafe)
 
 
 def safe_stem(image_id: str) -> str | None:

@@ -205,3 +205,38 @@ def test_show_calls_a_running_run_without_the_lease_abandoned(tmp_path):
     assert result.returncode == 0, result.stderr
     statuses = {run["run_id"]: run["status"] for run in json.loads(result.stdout)["runs"]}
     assert statuses == {"run-1": "succeeded", "run-2": "abandoned"}
+
+
+def test_export_says_how_much_it_ignored_and_warns_past_half(output, tmp_path):
+    """CONF_A and CONF_B: 18 pixels; below 0.99 x 255: 8 of A's 12 and all 6 of B's."""
+    low = int((CONF_A < 0.99 * 255).sum()) + int((CONF_B < 0.99 * 255).sum())
+    result = cli("export", str(output), str(tmp_path / "voc"), "--ignore-below", "0.99")
+    assert result.returncode == 0, result.stderr
+    assert f"{low} pixels ({low / 18:.1%}) set to ignore" in result.stdout
+    assert "warning" in result.stderr and f"{low / 18:.0%} of the pixels" in result.stderr
+    quiet = cli("export", str(output), str(tmp_path / "voc2"), "--ignore-below", "0.5")
+    assert "warning" not in quiet.stderr
+
+
+def test_show_lists_error_rows_and_failed_runs_and_survives_a_closed_pipe(output, tmp_path):
+    errors = cli("show", str(output), "--errors")
+    assert errors.returncode == 0 and errors.stdout == "broken.jpg\tnot an image: cannot identify image file\n"
+    failed = {
+        "run_id": "run-3",
+        "status": "failed",
+        "started_at": "2026-01-03T00:00:00Z",
+        "error": "OSError: disk full",
+    }
+    empty = {"run_id": "run-4", "status": "succeeded", "started_at": "2026-01-04T00:00:00Z",
+             "counts": {"ok": 0, "error": 0, "skipped": 0, "total": 0}}  # fmt: skip
+    for record in (failed, empty):
+        (output / "_sfp" / "runs" / f"{record['run_id']}.json").write_text(json.dumps(record))
+    text = cli("show", str(output)).stdout
+    assert "run-3  failed" in text and "OSError: disk full" in text and "ok None" not in text
+    assert "run-4  succeeded" in text and "found no images" in text
+    many = write_output(tmp_path / "many", [error_row(f"{i:05d}.jpg", "truncated: x") for i in range(20000)])
+    piped = subprocess.run(  # head leaves after one line; show meets a closed pipe with most still to print
+        f"{SFP_LABEL} show {many} --errors | head -1", shell=True, capture_output=True, text=True, timeout=120
+    )
+    assert piped.stdout == "00000.jpg\ttruncated: x\n"
+    assert "Traceback" not in piped.stderr and "BrokenPipe" not in piped.stderr, piped.stderr
