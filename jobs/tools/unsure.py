@@ -18,5 +18,5 @@ class UnsurePixels:
         return self.ignored / self.total if self.total else 0.0
 
     def phrase(self, what: str) -> str:
-        """", N pixels (S%) <what>" for a report line; empty when nothing was left out."""
+        """ ", N pixels (S%) <what>" for a report line; empty when nothing was left out."""
         return f", {self.ignored} pixels ({self.share:.1%}) {what}" if self.ignored else ""
