@@ -5,9 +5,9 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,15 @@ class _Window:
     x1: int
     y2: int
     x2: int
+
+
+@dataclass
+class _Found:
+    """One image's outliers so far, and how many windows and patches it had."""
+
+    outliers: list[Outlier] = field(default_factory=list)
+    patches: int = 0
+    windows: int = 0
 
 
 class SFPSegmenter:
@@ -137,23 +146,35 @@ class SFPSegmenter:
             pixels.append(normalise(torch.from_numpy(_owned(working)).to(self.device)))
         if not pixels:
             return []
+        return self._segment_windows(pixels, sizes, return_probs)
 
+    def _segment_windows(
+        self, pixels: list[torch.Tensor], sizes: list[tuple[int, int]], return_probs: bool
+    ) -> list[SegmentResult]:
+        """Forward the windows of all images in shape-grouped chunks; an image is finished (post-processed,
+        its logit sum freed) as soon as its last window is done, so memory holds the images of one chunk,
+        not the whole batch."""
         windows = self._windows(pixels)
-        sums = [torch.zeros((len(self.text_features), *p.shape[1:]), device=self.device) for p in pixels]
-        detections: list[tuple[list[_Window], torch.Tensor, torch.Tensor, tuple[int, int]]] = []
+        pending = Counter(w.image for w in windows)
+        sums: dict[int, torch.Tensor] = {}
+        found: dict[int, _Found] = defaultdict(_Found)
+        results: list[SegmentResult | None] = [None] * len(pixels)
         for chunk in self._chunks(windows):
             batch = torch.stack([pixels[w.image][:, w.y1 : w.y2, w.x1 : w.x2] for w in chunk])
             with self._autocast():
                 out = sfp_forward(self.runner, batch, self.text_features, self.config)
+            self._record_outliers(chunk, out.outliers, out.scores, out.grid, pixels, sizes, found)
             for j, w in enumerate(chunk):
+                if w.image not in sums:
+                    sums[w.image] = torch.zeros(
+                        (len(self.text_features), *pixels[w.image].shape[1:]), device=self.device
+                    )
                 sums[w.image][:, w.y1 : w.y2, w.x1 : w.x2] += window_logits(out.logits[j], (w.y2 - w.y1, w.x2 - w.x1))
-            detections.append((chunk, out.outliers, out.scores, out.grid))
-
-        outliers = self._collect_outliers(detections, pixels, sizes)
-        results = []
-        for i, size in enumerate(sizes):
-            logits = sums[i] / self._coverage(pixels[i])
-            results.append(self._finish(logits, pixels[i], size, outliers[i], return_probs))
+                pending[w.image] -= 1
+                if not pending[w.image]:
+                    logits = sums.pop(w.image) / self._coverage(pixels[w.image])
+                    image_found = found.pop(w.image)
+                    results[w.image] = self._finish(logits, pixels[w.image], sizes[w.image], image_found, return_probs)
         return results
 
     # internals ------------------------------------------------------------------
@@ -195,36 +216,32 @@ class SFPSegmenter:
             for start in range(0, len(group), limit):
                 yield group[start : start + limit]
 
-    def _collect_outliers(self, detections, pixels, sizes) -> list[tuple[list[Outlier], int, int]]:
-        """Move every window's outliers to the host once, after all forwards."""
-        per_image: list[list[Outlier]] = [[] for _ in pixels]
-        patches = [0] * len(pixels)
-        windows = [0] * len(pixels)
+    def _record_outliers(self, chunk, mask, scores, grid, pixels, sizes, found: dict[int, _Found]) -> None:
+        """One chunk's outliers, moved to the host once, into each image's record (boxes in its pixels)."""
+        rows, cols = grid
+        mask_np, scores_np = mask.cpu().numpy(), scores.cpu().numpy()
         p = self.runner.patch
-        for chunk, mask, scores, (rows, cols) in detections:
-            mask_np, scores_np = mask.cpu().numpy(), scores.cpu().numpy()
-            for j, w in enumerate(chunk):
-                patches[w.image] += rows * cols
-                windows[w.image] += 1
-                height, width = sizes[w.image]
-                sy = height / pixels[w.image].shape[1]
-                sx = width / pixels[w.image].shape[2]
-                for flat in np.flatnonzero(mask_np[j]):
-                    r, c = divmod(int(flat), cols)
-                    y0, x0 = w.y1 + r * p, w.x1 + c * p
-                    box = (
-                        math.floor(x0 * sx),
-                        math.floor(y0 * sy),
-                        min(math.ceil((x0 + p) * sx), width),
-                        min(math.ceil((y0 + p) * sy), height),
-                    )
-                    per_image[w.image].append(Outlier(w.index, w.y1, w.x1, r, c, float(scores_np[j, flat]), box))
-        for outs in per_image:
-            outs.sort(key=lambda o: (o.window, -o.score))
-        return list(zip(per_image, patches, windows, strict=True))
+        for j, w in enumerate(chunk):
+            record = found[w.image]
+            record.patches += rows * cols
+            record.windows += 1
+            height, width = sizes[w.image]
+            sy = height / pixels[w.image].shape[1]
+            sx = width / pixels[w.image].shape[2]
+            for flat in np.flatnonzero(mask_np[j]):
+                r, c = divmod(int(flat), cols)
+                y0, x0 = w.y1 + r * p, w.x1 + c * p
+                box = (
+                    math.floor(x0 * sx),
+                    math.floor(y0 * sy),
+                    min(math.ceil((x0 + p) * sx), width),
+                    min(math.ceil((y0 + p) * sy), height),
+                )
+                record.outliers.append(Outlier(w.index, w.y1, w.x1, r, c, float(scores_np[j, flat]), box))
 
-    def _finish(self, logits, pixels, size, outlier_info, return_probs) -> SegmentResult:
-        outliers, patches, windows = outlier_info
+    def _finish(self, logits, pixels, size, found: _Found, return_probs) -> SegmentResult:
+        outliers = sorted(found.outliers, key=lambda o: (o.window, -o.score))
+        patches, windows = found.patches, found.windows
         if self.config.pamr_steps:  # PAMR refines the whole map at once: it needs it at full size
             if tuple(logits.shape[1:]) != tuple(size):
                 logits = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0]
