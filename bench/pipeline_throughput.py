@@ -57,22 +57,45 @@ def make_corpus(directory: Path, count: int, size: tuple[int, int] = (500, 375))
     return directory
 
 
+def _rss(pid: str = "self") -> int:
+    with open(f"/proc/{pid}/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _actor_rss() -> int:
+    """Resident memory of the SFP actor processes (Ray titles them `ray::...SFPPredictor...`), summed."""
+    total = 0
+    for pid in (name for name in os.listdir("/proc") if name.isdigit()):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                if b"SFPPredictor" in cmdline.read():
+                    total += _rss(pid)
+        except OSError:  # the process ended meanwhile
+            continue
+    return total
+
+
 class PeakRSS:
-    """Samples this process's resident memory (Linux /proc) every 20 ms; `peak_mb` is the highest seen."""
+    """Samples the driver's resident memory (Linux /proc) every 20 ms, and the SFP actors' every 0.5 s;
+    `peak` and `actor_peak` are the highest seen."""
 
     def __init__(self) -> None:
         self.peak = self.current()
+        self.actor_peak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     @staticmethod
     def current() -> int:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        return _rss()
 
     def _run(self) -> None:
+        ticks = 0
         while not self._stop.wait(0.02):
             self.peak = max(self.peak, self.current())
+            ticks += 1
+            if ticks % 25 == 0:
+                self.actor_peak = max(self.actor_peak, _actor_rss())
 
     def __enter__(self) -> PeakRSS:
         self._thread.start()
@@ -130,7 +153,6 @@ def child_pipeline(spec: dict) -> dict:
             model=ModelChoice(arch=spec["arch"], weights="random"),
             config=SFPConfig(**spec["config"]),
             resources=Resources(actors=(1, 1), batch_size=spec["batch_size"]),
-            progress=False,
         )
         summary = label(request)
     done = time.perf_counter()
@@ -142,6 +164,7 @@ def child_pipeline(spec: dict) -> dict:
         "driver_peak_rss_mb": rss.peak / 2**20,
         "driver_growth_mb": (rss.peak - before) / 2**20,
         "driver_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "actor_peak_rss_mb": rss.actor_peak / 2**20,
     }
 
 
@@ -247,14 +270,15 @@ def main() -> None:
 
 def markdown(results: dict) -> str:
     lines = [
-        "| model (random weights) | images | bare segmenter img/s (e2e / steady) | pipeline img/s (e2e) | ratio e2e |",
-        "|---|---|---|---|---|",
+        "| model (random weights) | images | bare segmenter img/s (e2e / steady) | pipeline img/s (e2e) | ratio e2e "
+        "| actor peak RSS |",
+        "|---|---|---|---|---|---|",
     ]
     for row in results["throughput"]:
         bare, piped = row["bare"], row["pipeline"]
         lines.append(
             f"| {row['arch']} | {row['images']} | {bare['ips']:.2f} / {bare['images'] / bare['run_s']:.2f} "
-            f"| {piped['ips']:.2f} | {row['ratio_e2e']:.2f}x |"
+            f"| {piped['ips']:.2f} | {row['ratio_e2e']:.2f}x | {piped.get('actor_peak_rss_mb', 0):.0f} MiB |"
         )
     if results["driver_memory"]:
         lines += [
