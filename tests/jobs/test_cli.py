@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 from helpers import ROOT
+from PIL import Image
 
 from jobs.cli.exitcodes import ExitCode
 from sfp_core import SFPConfig
@@ -110,6 +111,7 @@ def test_busy_when_another_run_holds_the_output(tmp_path):
               "expires_at": time.time() + 600, "released": False}  # fmt: skip
     (output / "_sfp" / "lease" / "000000000001.json").write_text(json.dumps(record))
     (tmp_path / "images").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "images" / "a.png")  # an input preflight accepts
     result = cli("run", str(tiny_job(tmp_path, output)))
     assert result.returncode == ExitCode.BUSY
     assert "job 'nightly' on elsewhere" in result.stderr
