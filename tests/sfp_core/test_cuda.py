@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from golden_cases import golden_config
 
-from sfp_core import SFPConfig, SFPSegmenter, Vocabulary
+from sfp_core import SFPSegmenter, Vocabulary
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -28,16 +29,7 @@ def golden() -> dict:
 
 
 def segmenter(golden: dict, case: dict, precision: str = "fp32") -> SFPSegmenter:
-    config = SFPConfig(
-        outlier_method=case["outlier_method"],
-        logit_scale=golden["logit_scale"],
-        slide_crop=golden["slide_crop"],
-        slide_stride=golden["slide_stride"],
-        prob_thd=golden["prob_thd"],
-        area_thd=golden["area_thd"],
-        short_side=min(case["height"], case["width"]),
-        precision=precision,
-    )
+    config = golden_config(golden, case, precision)
     vocabulary = Vocabulary.from_file(GOLDEN / "vocab.txt")
     return SFPSegmenter.from_pretrained("SFP-Tiny-16", str(GOLDEN / "tiny_openai_clip.pt"), vocabulary, config, "cuda")
 

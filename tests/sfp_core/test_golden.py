@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from golden_cases import golden_config
 from helpers import GOLDEN
 
-from sfp_core import SFPConfig, SFPSegmenter
+from sfp_core import SFPSegmenter
 
 
 def test_text_features_match_reference(tiny_segmenter):
@@ -19,15 +20,7 @@ def test_text_features_match_reference(tiny_segmenter):
 @pytest.mark.parametrize("case_number", range(5))
 def test_probabilities_and_outliers_match_reference(case_number, golden_index, tiny_backbone, golden_vocab):
     case = golden_index["cases"][case_number]
-    config = SFPConfig(
-        outlier_method=case["outlier_method"],
-        logit_scale=golden_index["logit_scale"],
-        slide_crop=golden_index["slide_crop"],
-        slide_stride=golden_index["slide_stride"],
-        prob_thd=golden_index["prob_thd"],
-        area_thd=golden_index["area_thd"],
-        short_side=min(case["height"], case["width"]),  # the inputs are at their working size already
-    )
+    config = golden_config(golden_index, case)
     segmenter = SFPSegmenter(tiny_backbone, golden_vocab, config)
     image = np.load(GOLDEN / case["image"])
     assert image.shape[:2] == (case["height"], case["width"])
