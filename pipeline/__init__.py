@@ -35,6 +35,7 @@ from .output import (
     LabelledOutput,
     Manifest,
     OutputError,
+    PointerDamaged,
     RunSummary,
     mask_dtype_for,
 )
@@ -89,6 +90,7 @@ __all__ = [
     "OutputNotADirectory",
     "OutputNotWritable",
     "OutputVanished",
+    "PointerDamaged",
     "Progress",
     "RequestSection",
     "Resources",

@@ -50,7 +50,7 @@ from .rows import (
     UNREADABLE_NOT_REGULAR,
     error_class,
 )
-from .versions import KEEP_REPLACED_S, Pointer, current_files, stale_folders
+from .versions import KEEP_REPLACED_S, Pointer, PointerDamaged, current_files, stale_folders
 
 __all__ = [
     "CARD_FILE",
@@ -83,6 +83,7 @@ __all__ = [
     "Manifest",
     "OutputError",
     "Pointer",
+    "PointerDamaged",
     "RunSummary",
     "card_is_current",
     "current_files",

@@ -11,21 +11,39 @@ pointer does not name are runs that died before their flip.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from sfp_core import UserError
 
 from ..retry import Retry
 from ..storage import Location
 from .identity import LabelIdentity
-from .layout import data_folders, folder_files, pointer_path, read_small_file, replace_file
+from .layout import data_folders, folder_files, is_data_folder, pointer_path, read_small_file, replace_file
 
 # How long a replaced data folder stays readable after an overwrite's flip.
 KEEP_REPLACED_S = 3600.0
 
 
+class PointerDamaged(UserError, ValueError):
+    """`_sfp/current.json` cannot be read as a pointer (edited by hand, or written by something else)."""
+
+
+def _data_folder_name(name: str) -> str:
+    """A pointer names folders at the output's top level only (never `..` or a path)."""
+    if not is_data_folder(name):
+        raise ValueError(f"{name!r} is not a data folder name (data-<run id>)")
+    return name
+
+
+DataFolderName = Annotated[str, AfterValidator(_data_folder_name)]
+
+
 class ReplacedFolder(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    folder: str
+    folder: DataFolderName
     replaced_at: float
 
 
@@ -34,7 +52,7 @@ class Pointer(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    data: str
+    data: DataFolderName
     identity: LabelIdentity
     created_by: str  # the run that created the data folder
     replaced: list[ReplacedFolder] = Field(default_factory=list)
@@ -42,7 +60,17 @@ class Pointer(BaseModel):
     @classmethod
     def read(cls, output: Location, retry: Retry) -> Pointer | None:
         raw = read_small_file(output, pointer_path(output), retry)
-        return None if raw is None else cls.model_validate_json(raw)
+        if raw is None:
+            return None
+        try:
+            return cls.model_validate_json(raw)
+        except ValidationError as exc:
+            problem = exc.errors()[0]
+            where = ".".join(str(part) for part in problem["loc"]) or "the file"
+            raise PointerDamaged(
+                f"{output.uri_of(pointer_path(output))} is damaged ({where}: {problem['msg']}); it names the "
+                "output's current data folder: restore it, or label into a new output"
+            ) from exc
 
     def write(self, output: Location, retry: Retry) -> None:
         replace_file(output, pointer_path(output), self.model_dump_json(indent=2).encode(), retry)

@@ -240,3 +240,17 @@ def test_show_lists_error_rows_and_failed_runs_and_survives_a_closed_pipe(output
     )
     assert piped.stdout == "00000.jpg\ttruncated: x\n"
     assert "Traceback" not in piped.stderr and "BrokenPipe" not in piped.stderr, piped.stderr
+
+
+@pytest.mark.parametrize(
+    ("pointer", "words"),
+    [
+        ('{"data": "../../etc", "identity": {"arch": "a", "weights": "w"}, "created_by": "x"}', "not a data folder"),
+        ("{not json", "Invalid JSON"),
+    ],
+)
+def test_a_damaged_pointer_is_refused_in_two_lines(output, pointer, words):
+    (output / "_sfp" / "current.json").write_text(pointer)
+    result = cli("show", str(output))
+    assert result.returncode == 2 and "current.json is damaged" in result.stderr and words in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) <= 2
