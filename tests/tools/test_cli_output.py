@@ -145,7 +145,8 @@ def test_export_ignores_low_confidence_pixels(output, tmp_path):
     expected = np.where(CONF_A < 127.5, 255, MASK_A)
     np.testing.assert_array_equal(np.array(Image.open(target / "SegmentationClass" / "a.png")), expected)
     np.testing.assert_array_equal(np.array(Image.open(target / "SegmentationClass" / "sub" / "b.png")), MASK_B)
-    assert f"{int((CONF_A < 127.5).sum())} pixels set to ignore" in result.stdout
+    low = int((CONF_A < 127.5).sum())
+    assert f"{low} pixels ({low / (CONF_A.size + CONF_B.size):.1%}) set to ignore" in result.stdout
     assert (target / "ImageSets" / "Segmentation" / "pseudo.txt").exists()
 
 
