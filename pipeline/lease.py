@@ -15,9 +15,9 @@ images. Each run therefore takes a lease before it writes anything:
   expired (`ttl`), or at once when it names a process on this host that is
   gone (a killed driver) or this very process that no longer holds it (a
   release that failed during an outage), so a re-run never waits for them;
-* write tasks check the claim (`LeaseClaim.verify`) before each commit, so a
-  run that lost its lease, or the stray tasks of a killed driver, stop
-  adding files once a successor holds the output.
+* the writer checks the claim (`LeaseClaim.verify`) before each commit, so a
+  run that lost its lease stops adding files once a successor holds the
+  output.
 
 The storage must honour conditional creates (AWS S3 since 2024, SeaweedFS,
 MinIO, local and shared POSIX filesystems).
@@ -148,7 +148,7 @@ def live_lease(output: Location, retry: Retry) -> LeaseRecord | None:
 
 @dataclass(frozen=True)
 class LeaseClaim:
-    """The generation of an output's lease that a run holds; picklable, so write tasks can check it."""
+    """The generation of an output's lease that a run holds; checked before each commit (picklable)."""
 
     output: Location
     generation: int
