@@ -124,18 +124,28 @@ class OutputWriter:
             self._write_buffer()
 
     def _write_buffer(self, rows: int | None = None) -> None:
-        """Write the first `rows` buffered rows (all by default) as one file; the rest stay buffered."""
+        """Write the first `rows` buffered rows (all by default) as one file; the rest stay buffered.
+
+        The buffer gives the rows up after the file is written where no reader looks and before it is
+        committed: an interruption (Ctrl-C and SIGTERM raise anywhere in this thread) or a failed commit
+        can then cost this run those rows, which the next run labels, but never commits them twice.
+        """
         if not self._buffered_rows:
             return
         table = pa.concat_tables(self._buffer)
         rows = table.num_rows if rows is None else rows
-        self.written.append(self._write_file(table.slice(0, rows), len(self.written)))
-        rest = table.slice(rows)
+        part, rest = table.slice(0, rows), table.slice(rows)
+        name = data_file_name(self.run_id, len(self.written))
+        first, final = self._write_file(part, name)
+        self.written.append(WrittenFile(f"{self.folder}/{name}", part.num_rows, _ok_rows(part)))
         self._buffer, self._buffered_rows = ([rest], rest.num_rows) if rest.num_rows else ([], 0)
         self._first_row_at = time.monotonic() if rest.num_rows else None
+        if self.commit_each_file:
+            self.claim.verify(self.retry)
+            _move(self.output, first, final, self.retry)
 
-    def _write_file(self, table: pa.Table, number: int) -> WrittenFile:
-        name = data_file_name(self.run_id, number)
+    def _write_file(self, table: pa.Table, name: str) -> tuple[str, str]:
+        """Write `table` where no reader looks yet; (that path, the committed path)."""
         fs = self.output.filesystem()
         final = data_file(self.output, self.folder, name)
         first = staged_file(self.output, self.run_id, name) if self.commit_each_file else final
@@ -149,10 +159,7 @@ class OutputWriter:
             f"writing {self.output.uri_of(first)}",
             lambda: pq.write_table(table, first, filesystem=fs, compression="zstd"),
         )
-        if self.commit_each_file:
-            self.claim.verify(self.retry)
-            _move(self.output, first, final, self.retry)
-        return WrittenFile(f"{self.folder}/{name}", table.num_rows, _ok_rows(table))
+        return first, final
 
 
 def _ok_rows(rows: pa.Table) -> int:
