@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from jobs.jobfile import JobError, load_job
-from jobs.jobfile.placement import SUBMITTED_JOB_ENV, ClusterView, check_placement
+from jobs.jobfile.placement import SUBMITTED_JOB_ENV, ClusterView, check_placement, check_submitted_output
 
 SINGLE = ClusterView(nodes=1, driver_cpus=2, driver_gpus=0)
 TWO_NODES = ClusterView(nodes=2, driver_cpus=0, driver_gpus=0)
@@ -50,8 +50,11 @@ def test_shared_filesystem_is_allowed_with_warnings(tmp_path):
     assert any(w.startswith("model.weights") for w in warnings)
 
 
-def test_relative_output_under_ray_job_submit_is_warned_about(tmp_path, monkeypatch):
+def test_relative_output_under_ray_job_submit_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv(SUBMITTED_JOB_ENV, "{}")
-    warnings = check_placement(job(tmp_path, output="out/x"), SINGLE)
-    assert len(warnings) == 1 and "temporary copy of --working-dir" in warnings[0]
-    assert check_placement(job(tmp_path, output="/abs/out"), SINGLE) == []
+    with pytest.raises(JobError, match=r"output\.uri.*relative.*temporary copy of --working-dir"):
+        check_submitted_output(job(tmp_path, output="out/x"))
+    check_submitted_output(job(tmp_path, output="/abs/out"))
+    check_submitted_output(job(tmp_path, output="s3://bucket/out"))
+    monkeypatch.delenv(SUBMITTED_JOB_ENV)
+    check_submitted_output(job(tmp_path, output="out/x"))  # a local run: relative to where it runs
