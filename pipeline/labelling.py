@@ -267,7 +267,9 @@ def _commit(
     if writer.rows != pending:
         raise RuntimeError(f"wrote {writer.rows} rows for {pending} images; not committing a run that lost rows")
     lease.check()
-    remove_staging(run.output, run.retry, run.run_id)
+    # All of it: besides this run's, what a dead run's late writes put there after `tidy` (an S3 upload
+    # still in flight when that run failed completes once the storage is back).
+    remove_staging(run.output, run.retry)
     if run.request.incremental:
         return Pointer.read(run.output, run.retry) or previous
     lease.claim.verify(run.retry)
