@@ -30,7 +30,8 @@ from .errors import (
     OutputLabelledDifferently,
     OutputNotADirectory,
     OutputNotWritable,
-    StorageAccessDenied,
+    access_denied,
+    root_cause,
 )
 from .output import META_DIR, Pointer, foreign_files, is_hidden, legacy_files
 from .output.reader import LegacyOutputLayout, legacy_advice
@@ -72,10 +73,7 @@ def preflight(request: LabelRequest, *, offline: bool = False, retry: Retry | No
         _check_output(request, output, retry)
     except Exception as exc:
         if is_access_denied(exc):
-            raise StorageAccessDenied(
-                f"access denied by the storage of {source.uri} or {output.uri} ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[-1] if str(exc) else ''}); check the credentials in the environment"
-            ) from exc
+            raise access_denied(source.uri, output.uri, request.redactor()(root_cause(exc))) from exc
         raise
     model = request.model
     check_weights(model.arch, model.weights, storage_options=fsspec_options(model.weights, dict(model.storage_options)))

@@ -6,6 +6,8 @@ what went wrong in words a user can act on.
 
 from __future__ import annotations
 
+import re
+
 from sfp_core import BusyError, RetryableError, UserError
 
 
@@ -70,3 +72,17 @@ def unwrap_task_error(exc: BaseException) -> BaseException:
             return exc
         exc, seen = cause, seen + 1
     return exc
+
+
+def root_cause(exc: BaseException) -> str:
+    """One line: the exception type and the last line of its message (Ray wraps the cause's traceback)."""
+    lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[-1] if lines else ''}".rstrip(": ")
+
+
+def access_denied(source_uri: str, output_uri: str, cause: str) -> StorageAccessDenied:
+    """Refused credentials, said plainly; `cause` is already one redacted line."""
+    return StorageAccessDenied(
+        f"access denied by the storage of {source_uri} or {output_uri} ({cause}); "
+        "check the credentials in the environment"
+    )

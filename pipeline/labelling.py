@@ -7,7 +7,6 @@ import contextlib
 import importlib
 import logging
 import os
-import re
 import signal
 import threading
 import time
@@ -23,10 +22,7 @@ from sfp_core import SFPLabelError
 from .checks import check_same_labels, preflight
 from .decode import decode_batch
 from .encode import encode_batch
-from .errors import (
-    StorageAccessDenied,
-    unwrap_task_error,
-)
+from .errors import access_denied, root_cause, unwrap_task_error
 from .lease import OutputLease
 from .output import (
     RUN_SUCCEEDED,
@@ -85,15 +81,13 @@ class _Run:
 
     @classmethod
     def start(cls, request: LabelRequest, display: RunDisplay) -> _Run:
-        options = (request.input.storage_options, request.output.storage_options, request.model.storage_options)
-        uris = (request.input.uri, request.output.uri, request.model.weights)
         return cls(
             request=request,
             run_id=new_run_id(),
             started=time.time(),
             source=Location.parse(request.input.uri, dict(request.input.storage_options)),
             output=Location.parse(request.output.uri, dict(request.output.storage_options)),
-            redact=Redactor.for_options(*(dict(o) for o in options), uris=uris),
+            redact=request.redactor(),
             retry=Retry(patience_s=request.output.storage_retry_s),
             display=display,
         )
@@ -342,17 +336,8 @@ def _user_facing(exc: BaseException, run: _Run) -> BaseException:
     if isinstance(cause, SFPLabelError):
         return cause
     if is_access_denied(cause):
-        return StorageAccessDenied(
-            f"access denied by the storage of {run.source.uri} or {run.output.uri} "
-            f"({run.redact(_root_cause(cause))}); check the credentials in the environment"
-        )
+        return access_denied(run.source.uri, run.output.uri, run.redact(root_cause(cause)))
     return exc
-
-
-def _root_cause(exc: BaseException) -> str:
-    """One line: the exception type and the last line of its message (Ray wraps the cause's traceback)."""
-    lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {lines[-1] if lines else ''}".rstrip(": ")
 
 
 def _record_failure(run: _Run, manifest: Manifest, exc: BaseException, writer: OutputWriter) -> None:
@@ -362,7 +347,7 @@ def _record_failure(run: _Run, manifest: Manifest, exc: BaseException, writer: O
     retry = run.retry.brief()
     files = [f.name for f in writer.written] if writer.commit_each_file else []
     try:
-        manifest.failed(_root_cause(exc), files, time.time()).write(run.output, run.redact, retry)
+        manifest.failed(root_cause(exc), files, time.time()).write(run.output, run.redact, retry)
         remove_staging(run.output, retry, run.run_id)
         pointer = Pointer.read(run.output, retry)
         if writer.commit_each_file and pointer is not None:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sfp_core import SFPConfig, Vocabulary
 
 from .output import DEFAULT_MAX_PIXELS, LabelIdentity
-from .storage import public_uri
+from .storage import Redactor, public_uri
 
 # What Pillow decodes and people store; matched case-insensitively (`IMG_0001.JPG`).
 DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff")
@@ -128,6 +128,12 @@ class LabelRequest(BaseModel):
     @property
     def incremental(self) -> bool:
         return self.output.incremental
+
+    def redactor(self) -> Redactor:
+        """What hides this request's credentials (every storage option, URI user info) in text."""
+        sections = (self.input, self.output, self.model)
+        uris = (self.input.uri, self.output.uri, self.model.weights)
+        return Redactor.for_options(*(dict(section.storage_options) for section in sections), uris=uris)
 
     def identity(self) -> LabelIdentity:
         """What makes this run's masks what they are (recorded with the output; see `output.identity`)."""
