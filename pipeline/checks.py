@@ -33,6 +33,8 @@ from .errors import (
     access_denied,
     root_cause,
 )
+from .inputs import InputReader
+from .inputs.probe import check_list, check_shards, check_tables
 from .output import META_DIR, Pointer, foreign_files, is_hidden, legacy_files
 from .output.reader import LegacyOutputLayout, legacy_advice
 from .request import LabelRequest
@@ -41,6 +43,7 @@ from .storage import Location, fsspec_options
 from .walk import walk_local
 
 _SHOWN_EXTENSIONS = 5
+_FORMAT_CHECKS = {"webdataset": check_shards, "parquet": check_tables, "list": check_list}
 
 
 @dataclass
@@ -62,7 +65,7 @@ class InputProbe:
 def preflight(request: LabelRequest, *, offline: bool = False, retry: Retry | None = None) -> None:
     """Raise the first `UserError` the request would hit; return quietly when it can run."""
     retry = retry or Retry(patience_s=request.output.storage_retry_s)
-    source = Location.parse(request.input.uri, dict(request.input.storage_options))
+    source = InputReader(request.input, request.redactor(), retry).location()
     output = Location.parse(request.output.uri, dict(request.output.storage_options))
     if offline:
         check_weights(request.model.arch, "random")  # the architecture only
@@ -81,6 +84,10 @@ def preflight(request: LabelRequest, *, offline: bool = False, retry: Retry | No
 
 
 def _check_input(request: LabelRequest, source: Location, retry: Retry) -> None:
+    check = _FORMAT_CHECKS.get(request.input.format)
+    if check is not None:
+        check(request.input, source, retry)
+        return
     kind = _kind(source, retry)
     if kind == pafs.FileType.NotFound:
         raise InputNotFound(f"input {source.uri} does not exist; check input.uri")

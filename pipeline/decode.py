@@ -103,7 +103,7 @@ def to_rgb(image: Image.Image) -> np.ndarray:
 
 
 def decode_batch(batch: pa.Table, *, settings: DecodeSettings) -> pa.Table:
-    """`(image_id, uri, data, error)` -> `(image_id, uri, status, error, width, height, image)`.
+    """`(image_id, uri, data, error, <kept>)` -> `(image_id, uri, status, error, width, height, image, <kept>)`.
 
     `image` is the working-size pixels (empty for error rows); `width, height`
     the original size after EXIF orientation (null when unknown).
@@ -136,5 +136,6 @@ def decode_batch(batch: pa.Table, *, settings: DecodeSettings) -> pa.Table:
             "width": pa.array(widths, pa.int32()),
             "height": pa.array(heights, pa.int32()),
             "image": tensor_column(images, np.uint8, 3),
+            **{name: batch.column(name) for name in settings.kept},
         }
     )

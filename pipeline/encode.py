@@ -9,7 +9,7 @@ import pyarrow as pa
 from PIL import Image
 
 from .arrays import column_arrays
-from .output import SCHEMA
+from .output import output_schema
 from .settings import EncodeSettings
 
 # zlib level 1: masks are flat regions and shrink nearly as well as at level 9, several times faster.
@@ -27,9 +27,10 @@ def encode_png(array: np.ndarray) -> bytes:
 
 
 def encode_batch(batch: pa.Table, *, settings: EncodeSettings) -> pa.Table:
-    """Predictor rows -> rows of `output.SCHEMA`, with PNGs instead of arrays and the run's provenance."""
+    """Predictor rows -> rows of the output schema, with PNGs instead of arrays and the run's provenance."""
     rows = batch.num_rows
-    columns = {name: batch.column(name) for name in batch.column_names if name in SCHEMA.names}
+    schema = output_schema(settings.kept)
+    columns = {name: batch.column(name) for name in batch.column_names if name in schema.names}
     columns["mask_png"] = _pngs(batch.column("mask"))
     columns["confidence_png"] = (
         _pngs(batch.column("confidence")) if "confidence" in batch.column_names else pa.nulls(rows, pa.binary())
@@ -37,7 +38,7 @@ def encode_batch(batch: pa.Table, *, settings: EncodeSettings) -> pa.Table:
     columns["model"] = pa.array([settings.model] * rows, pa.string())
     columns["config_hash"] = pa.array([settings.config_hash] * rows, pa.string())
     columns["run_id"] = pa.array([settings.run_id] * rows, pa.string())
-    return pa.table({field.name: columns[field.name] for field in SCHEMA}).cast(SCHEMA)
+    return pa.table({field.name: columns[field.name] for field in schema}).cast(schema)
 
 
 def _pngs(column: pa.ChunkedArray) -> pa.Array:

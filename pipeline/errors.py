@@ -19,6 +19,11 @@ class InputHasNoImages(UserError):
     """The input holds no file with the request's extensions (and `input.allow_empty` is not set)."""
 
 
+class InputUnusable(UserError, ValueError):
+    """The input exists but is not what `input.format` reads: a list without its URI column, a table without
+    its image column."""
+
+
 class UnsupportedStorage(UserError, ValueError):
     """A URI names storage the pipeline cannot use as a folder (an archive, a web page)."""
 

@@ -23,10 +23,10 @@ from .checks import check_same_labels, preflight
 from .decode import decode_batch
 from .encode import encode_batch
 from .errors import access_denied, root_cause, unwrap_task_error
+from .inputs import InputReader, KnownIds, Tally, start_ledger
 from .lease import OutputLease
 from .output import (
     RUN_SUCCEEDED,
-    SCHEMA,
     Manifest,
     Pointer,
     RunSummary,
@@ -48,7 +48,6 @@ from .resume import drop_existing, existing_ids
 from .retry import Retry, is_access_denied
 from .settings import StageSettings
 from .sink import FlushTimer, OutputWriter, WriterSettings, commit_overwrite, discard_folder, remove_staging, tidy
-from .source import list_images, read_files
 from .storage import Location, Redactor, public_options, public_uri, redacted_logs
 
 log = logging.getLogger("pipeline")
@@ -59,6 +58,7 @@ log = logging.getLogger("pipeline")
 CPU_TASK_CPUS = 0.5
 ACTOR_CPUS = 1.0
 DECODE_BATCH = 16
+LEDGER_POLL_S = 1.0  # how often a shard or table run asks its ledger how far the reading is
 # A killed actor is replaced (Ray restarts it: one model load) and its batch retried; a batch that
 # kills its actor this many times fails the run instead of looping (Ray Data's default is forever).
 ACTOR_TASK_RETRIES = 3
@@ -73,6 +73,7 @@ class _Run:
     request: LabelRequest
     run_id: str
     started: float
+    input: InputReader
     source: Location
     output: Location
     redact: Redactor
@@ -81,14 +82,17 @@ class _Run:
 
     @classmethod
     def start(cls, request: LabelRequest, display: RunDisplay) -> _Run:
+        redact, retry = request.redactor(), Retry(patience_s=request.output.storage_retry_s)
+        reader = InputReader(request.input, redact, retry)
         return cls(
             request=request,
             run_id=new_run_id(),
             started=time.time(),
-            source=Location.parse(request.input.uri, dict(request.input.storage_options)),
+            input=reader,
+            source=reader.location(),
             output=Location.parse(request.output.uri, dict(request.output.storage_options)),
-            redact=request.redactor(),
-            retry=Retry(patience_s=request.output.storage_retry_s),
+            redact=redact,
+            retry=retry,
             display=display,
         )
 
@@ -99,9 +103,11 @@ class _Run:
             run_name=request.run_name,
             started_at=iso(self.started),
             input=InputRecord(
-                uri=self.source.uri,
+                uri=public_uri(request.input.uri),
+                format=request.input.format,
                 storage_options=public_options(dict(request.input.storage_options)),
                 extensions=list(request.input.extensions),
+                fields=dict(request.input.fields),
             ),
             output=OutputRecord(
                 uri=self.output.uri,
@@ -136,7 +142,7 @@ class _Run:
         return RunSummary(
             run_id=self.run_id,
             run_name=self.request.run_name,
-            input_uri=self.source.uri,
+            input_uri=public_uri(self.request.input.uri),
             output_uri=self.output.uri,
             mode=self.request.output.mode,
             ok=ok,
@@ -194,7 +200,7 @@ def label(request: LabelRequest, display: RunDisplay | None = None) -> RunSummar
 def _writer(run: _Run, folder: str, lease: OutputLease) -> OutputWriter:
     destination = run.request.output
     settings = WriterSettings(destination.rows_per_file, destination.commit_every_s, run.request.incremental)
-    schema = SCHEMA.with_metadata(run.request.identity().schema_metadata())
+    schema = run.request.identity().schema()
     return OutputWriter(run.output, run.run_id, folder, schema, settings, claim=lease.claim, retry=run.retry)
 
 
@@ -237,21 +243,91 @@ def _label_todo(run: _Run, writer: OutputWriter) -> tuple[int, int]:
     (images labelled, images in the input)."""
     ensure_ray(verbose=run.display.verbose)
     with _data_context(run.display):
-        todo, total = _todo(run)
-        pending = todo.count()
-        counter = ProgressCounter(total=pending, skipped=total - pending, display=run.display)
-        counter.report()
-        if pending:
-            settings = StageSettings.derive(run.request, run.run_id, ray.cluster_resources().get("CPU", 1))
-            try:
-                with FlushTimer(writer):
-                    for rows in _stages(todo, run, settings).iter_batches(batch_size=None, batch_format="pyarrow"):
-                        counter.add(*writer.add(rows))
-            finally:
-                if run.request.incremental:
-                    writer.flush()  # what is finished stays, also when interrupted
-            writer.flush()
+        plan = run.input.plan(CPU_TASK_CPUS).materialize()  # taken once, held in the object store
+        if run.input.per_image_plan:
+            return _label_images(run, writer, plan)
+        return _label_units(run, writer, plan)
+
+
+def _label_images(run: _Run, writer: OutputWriter, listed: ray.data.Dataset) -> tuple[int, int]:
+    """A plan with a row per image: drop those labelled, count the rest, label them."""
+    todo = listed
+    if run.request.incremental:
+        todo = listed.map_batches(
+            drop_existing,
+            batch_format="pyarrow",
+            batch_size=None,
+            num_cpus=CPU_TASK_CPUS,
+            fn_kwargs={"existing": _existing_ids(run)},
+        ).materialize()
+    pending, total = todo.count(), listed.count()
+    counter = ProgressCounter(total=pending, skipped=total - pending, display=run.display)
+    counter.report()
+    if pending:
+        _write_rows(run, writer, _stages(todo, run, KnownIds(), None), counter)
     return pending, total
+
+
+def _label_units(run: _Run, writer: OutputWriter, units: ray.data.Dataset) -> tuple[int, int]:
+    """A plan with a row per shard or row group: the reading skips what is labelled and tells the ledger."""
+    planned = units.count()
+    counter = ProgressCounter(
+        total=None, skipped=0, display=run.display, units_total=planned, unit_name=run.input.unit_name
+    )
+    counter.report()
+    if not planned:
+        return 0, 0
+    known = KnownIds(_existing_ids(run) if run.request.incremental else None)
+    ledger = start_ledger()
+    try:
+        _write_rows(run, writer, _stages(units, run, known, ledger), counter, ledger)
+        tally: Tally = ray.get(ledger.tally.remote())
+    finally:
+        ray.kill(ledger)
+    if tally.units_done != planned:
+        raise RuntimeError(f"read {tally.units_done} of {planned} {run.input.unit_name}; not committing a partial run")
+    return tally.emitted, tally.samples
+
+
+def _existing_ids(run: _Run) -> ray.ObjectRef:
+    """The output's ids, read by a task into the object store (never into the driver)."""
+    return ray.remote(existing_ids).options(num_cpus=CPU_TASK_CPUS).remote(run.output, run.retry)
+
+
+def _write_rows(
+    run: _Run,
+    writer: OutputWriter,
+    rows: ray.data.Dataset,
+    counter: ProgressCounter,
+    ledger: ray.actor.ActorHandle | None = None,
+) -> None:
+    """Stream the stages' rows into the writer, telling the counter (and asking the ledger how far reading is)."""
+    asked = None
+    try:
+        with FlushTimer(writer):
+            for batch in rows.iter_batches(batch_size=None, batch_format="pyarrow"):
+                if ledger is not None:
+                    asked = _units_read(ledger, asked, counter)
+                counter.add(*writer.add(batch))
+    finally:
+        if run.request.incremental:
+            writer.flush()  # what is finished stays, also when interrupted
+    writer.flush()
+    if ledger is not None:
+        tally = ray.get(ledger.tally.remote())
+        counter.read_units(tally.units_done, tally.skipped)
+        counter.report()
+
+
+def _units_read(ledger: ray.actor.ActorHandle, asked: ray.ObjectRef | None, counter: ProgressCounter) -> ray.ObjectRef:
+    """Take the ledger's answer if it came (without waiting for it), and ask again."""
+    if asked is not None:
+        ready, _ = ray.wait([asked], timeout=0)
+        if not ready:
+            return asked
+        tally = ray.get(asked)
+        counter.read_units(tally.units_done, tally.skipped)
+    return ledger.tally.remote()
 
 
 def _commit(
@@ -277,45 +353,23 @@ def _commit(
     return current
 
 
-def _todo(run: _Run) -> tuple[ray.data.Dataset, int]:
-    """The images this run labels, and how many the input holds.
-
-    The listing is materialised in the object store (paths only, never in
-    the driver) so it is taken once and counted exactly; incremental runs
-    then drop the ids the output already has.
-    """
-    listed = list_images(run.source, run.request.input.extensions, CPU_TASK_CPUS, run.retry).materialize()
-    todo = listed
-    if run.request.incremental:
-        existing = ray.remote(existing_ids).options(num_cpus=CPU_TASK_CPUS).remote(run.output, run.retry)
-        todo = listed.map_batches(
-            drop_existing,
-            batch_format="pyarrow",
-            batch_size=None,
-            num_cpus=CPU_TASK_CPUS,
-            fn_kwargs={"existing": existing},
-        ).materialize()
-    return todo, listed.count()
-
-
-def _stages(todo: ray.data.Dataset, run: _Run, settings: StageSettings) -> ray.data.Dataset:
+def _stages(
+    todo: ray.data.Dataset, run: _Run, known: KnownIds, ledger: ray.actor.ActorHandle | None
+) -> ray.data.Dataset:
     """read bytes -> decode and resize (CPU tasks) -> SFP (actor pool) -> PNG encode (CPU tasks)."""
+    settings = StageSettings.derive(run.request, run.run_id, ray.cluster_resources().get("CPU", 1))
     with warnings.catch_warnings():
         # `max_task_retries` has no named parameter yet, and Ray's default (retry forever) would loop on a
         # batch that kills its actor every time; passing it through ray_remote_args is deprecated, not gone.
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated", category=Warning)
-        return _stage_chain(todo, run, settings)
+        return _stage_chain(run.input.read(todo, known, ledger, CPU_TASK_CPUS), run, settings)
 
 
-def _stage_chain(todo: ray.data.Dataset, run: _Run, settings: StageSettings) -> ray.data.Dataset:
+def _stage_chain(read: ray.data.Dataset, run: _Run, settings: StageSettings) -> ray.data.Dataset:
     cpu = {"batch_format": "pyarrow", "num_cpus": CPU_TASK_CPUS}
     resources = run.request.resources
-    reading = {"location": run.source, "redact": run.redact, "retry": run.retry}
     return (
-        # Small blocks first, so many decode tasks feed the actors rather than one per listing block.
-        todo.repartition(target_num_rows_per_block=DECODE_BATCH)
-        .map_batches(read_files, batch_size=DECODE_BATCH, fn_kwargs=reading, **cpu)
-        .map_batches(decode_batch, batch_size=DECODE_BATCH, fn_kwargs={"settings": settings.decode}, **cpu)
+        read.map_batches(decode_batch, batch_size=DECODE_BATCH, fn_kwargs={"settings": settings.decode}, **cpu)
         .map_batches(
             SFPPredictor,
             batch_size=resources.batch_size,

@@ -44,6 +44,7 @@ class SFPPredictor:
             )
         self.confidence = settings.confidence
         self.mask_dtype = settings.vocabulary.mask_dtype
+        self.kept = settings.kept
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         statuses = batch.column("status").to_pylist()
@@ -66,6 +67,7 @@ class SFPPredictor:
             "width": batch.column("width"),
             "height": batch.column("height"),
             **_result_columns(results, self.mask_dtype, self.confidence),
+            **{name: batch.column(name) for name in self.kept},
         }
         return pa.table(columns)
 

@@ -10,17 +10,25 @@ from the request in one place (`settings.py`).
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sfp_core import SFPConfig, Vocabulary
 
-from .output import DEFAULT_MAX_PIXELS, LabelIdentity
+from .output import DEFAULT_MAX_PIXELS, SCHEMA, LabelIdentity
 from .storage import Redactor, public_uri
 
 # What Pillow decodes and people store; matched case-insensitively (`IMG_0001.JPG`).
 DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff")
+# The image members WebDataset shards use, in the order a sample's image is chosen.
+DEFAULT_SHARD_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+DEFAULT_IMAGE_COLUMN = "image"  # Hugging Face's name for an Image feature
+DEFAULT_ID_COLUMN = "id"  # used when the table has it and `id_column` is not set
+
+InputFormat = Literal["files", "webdataset", "parquet", "list"]
+_COLUMN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class RequestSection(BaseModel):
@@ -30,14 +38,38 @@ class RequestSection(BaseModel):
 
 
 class Source(RequestSection):
-    """Where the images are: a local folder, file://, s3://bucket/prefix, gs://..., or one file."""
+    """Where the images are and how they are stored (docs/design.md, "Inputs").
+
+    `files`: every image file under a folder or prefix (or one file). `webdataset`: tar shards (a prefix, a
+    glob or brace notation); `extensions` then chooses each sample's image member. `parquet`: tables with an
+    image column (bytes or Hugging Face's `{bytes, path}`). `list`: a text, CSV or Parquet file of URIs.
+    """
 
     uri: str = Field(min_length=1, description="local folder, file://, s3://bucket/prefix, gs://...")
-    extensions: list[str] = Field(default=list(DEFAULT_EXTENSIONS), min_length=1)
+    format: InputFormat = Field("files", description="files | webdataset | parquet | list")
+    extensions: list[str] = Field(
+        default=list(DEFAULT_EXTENSIONS), min_length=1, description="image files (files) or members (webdataset)"
+    )
+    image_column: str = Field(DEFAULT_IMAGE_COLUMN, min_length=1, description="parquet: the column of image bytes")
+    id_column: str | None = Field(
+        None, min_length=1, description=f"parquet, list: the id column (default {DEFAULT_ID_COLUMN!r} if present)"
+    )
+    fields: dict[str, str] = Field(
+        default_factory=dict,
+        description="extra output columns: name -> member (txt, json.url) or source column; stored as text",
+    )
     allow_empty: bool = Field(False, description="an input without images is fine (an inbox); else refused")
     storage_options: dict[str, Any] = Field(
         default_factory=dict, repr=False, description="fsspec options; never secrets"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _format_defaults(cls, data: Any) -> Any:
+        """A webdataset input without `extensions` chooses among WebDataset's image members."""
+        if isinstance(data, dict) and data.get("format") == "webdataset" and "extensions" not in data:
+            return {**data, "extensions": list(DEFAULT_SHARD_EXTENSIONS)}
+        return data
 
     @field_validator("extensions")
     @classmethod
@@ -47,6 +79,28 @@ class Source(RequestSection):
         if any(not ext for ext in cleaned):
             raise ValueError("extensions must be non-empty names such as jpg or png")
         return list(dict.fromkeys(cleaned))
+
+    @field_validator("fields")
+    @classmethod
+    def _column_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, origin in value.items():
+            if not _COLUMN_NAME.match(name):
+                raise ValueError(f"{name!r} is not a column name (letters, digits and _, not first a digit)")
+            if name in SCHEMA.names:
+                raise ValueError(f"{name!r} is already a column of the output; choose another name")
+            if not origin.strip():
+                raise ValueError(f"{name!r} names no source")
+        return value
+
+    @model_validator(mode="after")
+    def _options_fit_format(self) -> Source:
+        if self.fields and self.format == "files":
+            raise ValueError("fields: loose files have no fields to keep; use a webdataset, parquet or list input")
+        if self.format != "parquet" and self.image_column != DEFAULT_IMAGE_COLUMN:
+            raise ValueError(f"image_column is for parquet inputs, not {self.format}")
+        if self.id_column is not None and self.format not in ("parquet", "list"):
+            raise ValueError(f"id_column is for parquet and list inputs, not {self.format}")
+        return self
 
 
 class Destination(RequestSection):
@@ -144,4 +198,5 @@ class LabelRequest(BaseModel):
             vocabulary_fingerprint=self.vocabulary.fingerprint(),
             config=self.config.to_dict(),
             config_hash=self.config.config_hash(),
+            columns=sorted(self.input.fields),
         )

@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # torch-heavy; the encode stage imports this module and needs
 class DecodeSettings:
     preparation: ImagePreparation
     max_pixels: int
+    kept: tuple[str, ...] = ()  # the input's fields, carried through every stage to the rows
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class PredictorSettings:
     device: str
     threads: int  # torch threads of a CPU actor: its share of the cluster's CPUs
     confidence: bool
+    kept: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class EncodeSettings:
     model: str  # "<arch>:<public weights URI>", the rows' provenance
     config_hash: str
     run_id: str
+    kept: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -54,8 +57,9 @@ class StageSettings:
         model, config = request.model, request.config
         preparation = ImagePreparation(config.short_side, config.long_side, arch_patch_size(model.arch))
         max_actors = request.resources.actors[1]
+        kept = tuple(request.input.fields)
         return cls(
-            decode=DecodeSettings(preparation, request.resources.max_pixels),
+            decode=DecodeSettings(preparation, request.resources.max_pixels, kept),
             predictor=PredictorSettings(
                 model=model,
                 vocabulary=request.vocabulary,
@@ -64,8 +68,9 @@ class StageSettings:
                 device=request.resources.device,
                 threads=max(1, int(cluster_cpus) // max_actors),
                 confidence=request.output.confidence,
+                kept=kept,
             ),
-            encode=EncodeSettings(provenance(model), config.config_hash(), run_id),
+            encode=EncodeSettings(provenance(model), config.config_hash(), run_id, kept),
         )
 
 

@@ -28,8 +28,10 @@ def duration(seconds: float | None) -> str:
 
 def figures(progress: Progress) -> str:
     skipped = f", {progress.skipped} already done" if progress.skipped else ""
+    done = f"{progress.done}/{progress.total}" if progress.total is not None else f"{progress.done}"
+    units = f", {progress.units_done}/{progress.units_total} {progress.unit_name} read" if progress.unit_name else ""
     return (
-        f"{progress.done}/{progress.total} images ({progress.ok} ok, {progress.error} error{skipped}) "
+        f"{done} images ({progress.ok} ok, {progress.error} error{skipped}){units} "
         f"{progress.images_per_second:.2f} images/s, ETA {duration(progress.eta_s)}"
     )
 
@@ -46,7 +48,7 @@ class ProgressDisplay:
 
     def __call__(self, progress: Progress) -> None:
         now = time.monotonic()
-        finished = progress.done >= progress.total
+        finished = progress.finished
         if now - self._last < self.every and not finished:
             return
         self._last = now
@@ -59,7 +61,7 @@ class ProgressDisplay:
         text = figures(progress)
         width = shutil.get_terminal_size((100, 20)).columns
         room = max(10, min(40, width - len(text) - 10))
-        share = progress.done / progress.total if progress.total else 1.0
+        share = progress.share
         filled = int(room * share)
         line = f"[{'#' * filled}{'.' * (room - filled)}] {share:4.0%} {text}"
         self.stream.write("\r" + line[: width - 1].ljust(width - 1))

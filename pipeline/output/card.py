@@ -19,7 +19,7 @@ import yaml
 from ..retry import Retry
 from ..storage import Location
 from .layout import card_path, folder_files, read_small_file, replace_file
-from .rows import SCHEMA, STATUS_OK
+from .rows import STATUS_OK
 from .versions import Pointer
 
 MARKER = "<!-- written by sfp-label: rewritten after every run -->"
@@ -65,7 +65,7 @@ def render_card(pointer: Pointer, *, ok: int, total: int, runs: int) -> str:
         "configs": [
             {"config_name": "default", "data_files": [{"split": "train", "path": f"{pointer.data}/*.parquet"}]}
         ],
-        "dataset_info": {"features": card_features(SCHEMA, identity.class_names)},
+        "dataset_info": {"features": card_features(identity.schema(), identity.class_names)},
     }
     body = [
         MARKER,

@@ -14,6 +14,8 @@ from typing import Any
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
+from .rows import output_schema
+
 METADATA_KEY = b"sfp_label"  # the Parquet key-value metadata entry holding an identity as JSON
 
 
@@ -28,6 +30,7 @@ class LabelIdentity(BaseModel):
     vocabulary_fingerprint: str = ""
     config: dict[str, Any] = Field(default_factory=dict)
     config_hash: str = ""
+    columns: list[str] = Field(default_factory=list)  # extra text columns kept from the input (`input.fields`)
 
     @property
     def class_names(self) -> list[str]:
@@ -42,6 +45,8 @@ class LabelIdentity(BaseModel):
             return f"SFP settings {other.config_hash}"
         if self.arch != other.arch:
             return f"architecture {other.arch}"
+        if self.columns != other.columns:  # one output, one schema: every file must open with the others
+            return f"extra columns [{', '.join(other.columns)}] (the output has [{', '.join(self.columns)}])"
         return None
 
     def describe(self) -> str:
@@ -49,6 +54,10 @@ class LabelIdentity(BaseModel):
 
     def schema_metadata(self) -> dict[bytes, bytes]:
         return {METADATA_KEY: self.model_dump_json().encode()}
+
+    def schema(self) -> pa.Schema:
+        """The schema of the data files these labels are written in, with this identity as metadata."""
+        return output_schema(self.columns).with_metadata(self.schema_metadata())
 
     @classmethod
     def from_schema(cls, schema: pa.Schema) -> LabelIdentity | None:

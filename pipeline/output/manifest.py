@@ -32,8 +32,10 @@ class _Record(BaseModel):
 
 class InputRecord(_Record):
     uri: str = ""
+    format: str = "files"
     storage_options: dict[str, Any] = Field(default_factory=dict)  # credentials already redacted
     extensions: list[str] = Field(default_factory=list)
+    fields: dict[str, str] = Field(default_factory=dict)
 
 
 class OutputRecord(_Record):

@@ -6,6 +6,8 @@ error row live here and nowhere else.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pyarrow as pa
 
 STATUS_OK = "ok"
@@ -23,6 +25,9 @@ REASON_CORRUPT = "corrupt"  # a known format whose pixel data fails to decode
 REASON_ZERO_BYTES = "zero bytes"
 REASON_TOO_LARGE = "over the pixel limit"
 REASON_UNSUPPORTED = "unsupported"
+REASON_NO_IMAGE = "no image"  # a shard sample without an image member, a table row without image bytes
+REASON_UNSAFE = "unsafe entry"  # a tar member named outside its shard, or a link or device
+REASON_DUPLICATE = "duplicate"  # a sample key seen earlier in the same shard
 # Unreadable files that no retry will make readable (the listing finds these itself).
 UNREADABLE_NAME = "the file name is not valid UTF-8"
 UNREADABLE_NOT_REGULAR = "not a regular file (a FIFO or device)"
@@ -81,3 +86,8 @@ SCHEMA = pa.schema(
         ("run_id", pa.string()),
     ]
 )
+
+
+def output_schema(kept_columns: Sequence[str] = ()) -> pa.Schema:
+    """The rows' schema: `SCHEMA`, then the text columns a run keeps from its input (`Source.fields`)."""
+    return pa.schema([*SCHEMA, *((name, pa.string()) for name in kept_columns)])

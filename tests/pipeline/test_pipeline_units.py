@@ -14,10 +14,10 @@ from PIL import Image, ImageOps
 from pipeline import DEFAULT_MAX_PIXELS, RunSummary, Source, UnsupportedStorage
 from pipeline.decode import ImageError, decode_batch, decode_image
 from pipeline.encode import encode_png
+from pipeline.inputs.files import read_files
 from pipeline.retry import Retry
 from pipeline.secrets import REDACTED
 from pipeline.settings import DecodeSettings
-from pipeline.source import read_files
 from pipeline.storage import Location, Redactor, path_of_uri, public_options, public_uri
 from sfp_core import ImagePreparation
 

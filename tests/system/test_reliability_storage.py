@@ -21,8 +21,8 @@ from helpers import remote_output_table, run_label
 from PIL import Image
 
 from pipeline import StorageUnavailable
+from pipeline.inputs.files import read_files
 from pipeline.retry import Retry, is_transient
-from pipeline.source import read_files
 from pipeline.storage import Location, Redactor
 from sfp_core import SFPConfig, Vocabulary
 

@@ -21,11 +21,11 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import ray
 
-from .errors import InputNotFound, StorageUnavailable
-from .output import REASON_UNREADABLE, is_hidden, is_hidden_path
-from .retry import Retry
-from .storage import Location, Redactor
-from .walk import Listed, walk_local
+from ..errors import InputNotFound, StorageUnavailable
+from ..output import REASON_UNREADABLE, is_hidden, is_hidden_path
+from ..retry import Retry
+from ..storage import Location, Redactor
+from ..walk import Listed, walk_local
 
 LIST_ROWS_PER_BLOCK = 10_000
 LIST_THREADS = 8  # directories listed at once: listing object stores is latency-bound
@@ -119,25 +119,9 @@ def read_files(batch: pa.Table, *, location: Location, redact: Redactor, retry: 
 
     Transient failures are retried; raises StorageUnavailable if the storage stays away.
     """
-    fs = location.filesystem()
     paths = batch.column("path").to_pylist()
-
-    def read(path: str) -> bytes:
-        with fs.open_input_stream(path) as stream:
-            return stream.read()
-
-    def fetch(path: str, error: str | None) -> tuple[bytes | None, str | None]:
-        if error is not None:
-            return None, error
-        try:
-            return retry.call(f"reading {location.uri_of(path)}", functools.partial(read, path)), None
-        except StorageUnavailable:
-            raise  # the run's problem, not this file's
-        except Exception as exc:  # any other failure to fetch is this file's problem, not the block's
-            return None, redact(f"{REASON_UNREADABLE}: {type(exc).__name__}: {exc}")
-
-    with ThreadPoolExecutor(max_workers=min(READ_THREADS, max(len(paths), 1))) as pool:
-        fetched = list(pool.map(fetch, paths, batch.column("error").to_pylist()))
+    wanted = [(location, path, error) for path, error in zip(paths, batch.column("error").to_pylist(), strict=True)]
+    fetched = fetch_files(wanted, redact, retry)
     return pa.table(
         {
             "image_id": batch.column("image_id"),
@@ -146,3 +130,27 @@ def read_files(batch: pa.Table, *, location: Location, redact: Redactor, retry: 
             "error": pa.array([error for _, error in fetched], pa.string()),
         }
     )
+
+
+def fetch_files(
+    wanted: list[tuple[Location, str, str | None]], redact: Redactor, retry: Retry
+) -> list[tuple[bytes | None, str | None]]:
+    """`(storage, path, known error)` -> `(bytes, None)` or `(None, why)`, several files at once."""
+
+    def read(location: Location, path: str) -> bytes:
+        with location.filesystem().open_input_stream(path) as stream:
+            return stream.read()
+
+    def fetch(item: tuple[Location, str, str | None]) -> tuple[bytes | None, str | None]:
+        location, path, error = item
+        if error is not None:
+            return None, error
+        try:
+            return retry.call(f"reading {location.uri_of(path)}", functools.partial(read, location, path)), None
+        except StorageUnavailable:
+            raise  # the run's problem, not this file's
+        except Exception as exc:  # any other failure to fetch is this file's problem, not the block's
+            return None, redact(f"{REASON_UNREADABLE}: {type(exc).__name__}: {exc}")
+
+    with ThreadPoolExecutor(max_workers=min(READ_THREADS, max(len(wanted), 1))) as pool:
+        return list(pool.map(fetch, wanted))

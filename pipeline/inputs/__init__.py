@@ -1,0 +1,100 @@
+"""Inputs: how each `input.format` is planned and read, behind one face (docs/design.md, "Inputs").
+
+Two shapes. `files` and `list` plan one row per image (a folder's listing,
+a list's entries): the run drops the ids already labelled, counts what is
+left, then reads. `webdataset` and `parquet` plan one row per unit (a shard,
+a row group), whose images are only known while reading: the read stage
+skips labelled ids itself and reports each finished unit to a ledger
+(`ledger.py`), which is how the run proves it read every unit whole.
+Either way the read stage emits `samples.read_schema` rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import ray
+
+from ..request import Source
+from ..retry import Retry
+from ..storage import Location, Redactor
+from .files import list_images, read_files
+from .ledger import Tally, UnitLedger, start_ledger
+from .patterns import FilePattern
+from .samples import READ_BATCH_ROWS, KnownIds
+from .shards import ShardReading, plan_shards, read_shards
+from .tables import TableReading, plan_row_groups, read_row_groups
+from .uris import ListReading, plan_list, read_listed
+
+__all__ = ["UNIT_NAMES", "InputReader", "KnownIds", "Tally", "UnitLedger", "start_ledger"]
+
+# What a unit of each unit-planned format is called where progress is shown.
+UNIT_NAMES = {"webdataset": "shards", "parquet": "row groups"}
+
+
+@dataclass(frozen=True)
+class InputReader:
+    """One run's input: where it is, its format's options, and how its storage calls redact and retry."""
+
+    source: Source
+    redact: Redactor
+    retry: Retry
+
+    @property
+    def per_image_plan(self) -> bool:
+        """True when the plan has a row per image (files, list); False for units read whole (shards, groups)."""
+        return self.source.format in ("files", "list")
+
+    @property
+    def unit_name(self) -> str:
+        return UNIT_NAMES.get(self.source.format, "")
+
+    def location(self) -> Location:
+        """Where the input starts: the folder, the list file, or the folder a shard pattern starts in."""
+        uri = self.source.uri
+        if self.source.format in ("webdataset", "parquet"):
+            uri = FilePattern.parse(uri).base_uri
+        return Location.parse(uri, dict(self.source.storage_options))
+
+    def plan(self, num_cpus: float) -> ray.data.Dataset:
+        """Rows with an `image_id` per image (per-image plans) or a `unit` per shard / row group."""
+        source, location = self.source, self.location()
+        if source.format == "files":
+            return list_images(location, source.extensions, num_cpus, self.retry)
+        if source.format == "list":
+            return plan_list(self._list_reading(location), num_cpus)
+        pattern = FilePattern.parse(source.uri)
+        if source.format == "webdataset":
+            return plan_shards(pattern, location, num_cpus, self.retry)
+        return plan_row_groups(pattern, location, num_cpus, self.retry)
+
+    def read(
+        self, plan: ray.data.Dataset, known: KnownIds, ledger: ray.actor.ActorHandle | None, num_cpus: float
+    ) -> ray.data.Dataset:
+        """The plan's rows -> `samples.read_schema` rows, in CPU tasks; `known` ids skipped (unit plans)."""
+        source, location = self.source, self.location()
+        cpu = {"batch_format": "pyarrow", "num_cpus": num_cpus}
+        if self.per_image_plan:
+            small = plan.repartition(target_num_rows_per_block=READ_BATCH_ROWS)  # many read tasks, not one
+            if source.format == "files":
+                reading = {"location": location, "redact": self.redact, "retry": self.retry}
+                return small.map_batches(read_files, batch_size=READ_BATCH_ROWS, fn_kwargs=reading, **cpu)
+            reading = {"reading": self._list_reading(location)}
+            return small.map_batches(read_listed, batch_size=READ_BATCH_ROWS, fn_kwargs=reading, **cpu)
+        units = plan.repartition(target_num_rows_per_block=1)  # one shard or row group per task
+        if source.format == "webdataset":
+            shard_reading = ShardReading(
+                location, tuple(source.extensions), dict(source.fields), self.redact, self.retry
+            )
+            kwargs = {"reading": shard_reading, "known": known, "ledger": ledger}
+            return units.map_batches(read_shards, batch_size=1, fn_kwargs=kwargs, **cpu)
+        table_reading = TableReading(
+            location, source.image_column, source.id_column, dict(source.fields), self.redact, self.retry
+        )
+        kwargs = {"reading": table_reading, "known": known, "ledger": ledger}
+        return units.map_batches(read_row_groups, batch_size=1, fn_kwargs=kwargs, **cpu)
+
+    def _list_reading(self, location: Location) -> ListReading:
+        source = self.source
+        options = dict(source.storage_options)
+        return ListReading(location, source.id_column, dict(source.fields), options, self.redact, self.retry)
