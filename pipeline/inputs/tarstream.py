@@ -86,6 +86,18 @@ class _Cursor:
             self.offset += len(chunk)
         return b"".join(parts)
 
+    def pad(self, size: int) -> bool:
+        """Consume the padding after an entry's data; False when the stream ends inside it."""
+        read = len(self.stream.read(size)) if size else 0
+        self.offset += read
+        while read < size:
+            chunk = self.stream.read(size - read)
+            if not chunk:
+                return False
+            read += len(chunk)
+            self.offset += len(chunk)
+        return True
+
     def skip(self, size: int, started: int) -> None:
         while size:
             step = min(size, _SKIP_CHUNK)
@@ -101,23 +113,26 @@ def members(stream: Readable, wanted: Callable[[str, int], bool]) -> Iterator[Me
     cursor = _Cursor(stream)
     pending_name: str | None = None  # from a GNU long-name entry or a pax record, for the next entry
     pending_size: int | None = None
+    entry_start: int | None = None  # where the entry's first (metadata) header began
     while True:
         offset = cursor.offset
+        if entry_start is None:
+            entry_start = offset
         header = cursor.stream.read(BLOCK)
         if not header:
             return  # no end-of-archive blocks: the last entry was complete, which is all that matters
         cursor.offset += len(header)
+        if not header.strip(b"\0"):
+            return  # end of archive (its zero blocks, possibly cut short: every entry before them is whole)
         if len(header) < BLOCK:
-            header += cursor.exactly(BLOCK - len(header), offset)
-        if header == bytes(BLOCK):
-            return  # end of archive
+            header += cursor.exactly(BLOCK - len(header), entry_start)
         kind_flag, raw_name, size = _parse_header(header, offset)
         if kind_flag in (b"L", b"K", b"x", b"g"):
             if size > MAX_META_BYTES:
                 raise TarDamaged(
                     offset, f"a metadata entry at byte {offset} claims {size} bytes (limit {MAX_META_BYTES})"
                 )
-            record = cursor.exactly(_padded(size), offset)[:size]
+            record = cursor.exactly(_padded(size), entry_start)[:size]
             if kind_flag == b"L":
                 pending_name = record.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
             elif kind_flag == b"x":
@@ -128,18 +143,21 @@ def members(stream: Readable, wanted: Callable[[str, int], bool]) -> Iterator[Me
             continue  # "K" (long link target) and "g" (global defaults) change nothing we read
         name = pending_name if pending_name is not None else raw_name
         size = pending_size if pending_size is not None else size
+        offset, entry_start = entry_start, None
         pending_name = pending_size = None
         kind = _kind(kind_flag)
         data = None
         data_size = 0 if kind_flag in _NO_DATA else size  # unknown types carry data, as POSIX says
         if kind == MEMBER_FILE and wanted(name, size):
             data = cursor.exactly(size, offset)
-            cursor.skip(_padded(size) - size, offset)
         else:
-            cursor.skip(_padded(data_size), offset)
+            cursor.skip(data_size, offset)
+        whole_padding = cursor.pad(_padded(data_size) - data_size)
         utf8 = _is_utf8(name)
         shown = name if utf8 else name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
         yield Member(shown, offset, kind, size, data, utf8)
+        if not whole_padding:  # the entry is whole, but what followed it is gone
+            raise TarTruncated(cursor.offset, f"the shard ends at byte {cursor.offset}, in the padding after an entry")
 
 
 def _parse_header(header: bytes, offset: int) -> tuple[bytes, str, int]:

@@ -1,0 +1,152 @@
+"""The input formats' parts without Ray: the tar reader against Python's `tarfile`, hostile and broken tars,
+brace expansion against the `braceexpand` package, globs, and the request's format options."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import tarfile
+
+import pytest
+from braceexpand import braceexpand
+from pydantic import ValidationError
+
+from pipeline import Source
+from pipeline.inputs.patterns import FilePattern, _glob_regex, expand_braces
+from pipeline.inputs.tarstream import MAX_META_BYTES, TarDamaged, TarTruncated, members
+
+ALL = lambda name, size: True  # noqa: E731  (read every member's bytes)
+
+
+def tar_bytes(entries: list[tuple[str, bytes]], fmt: int = tarfile.PAX_FORMAT) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=fmt) as tar:
+        for name, data in entries:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+ENTRIES = [
+    ("a.jpg", b"\xff\xd8" + bytes(range(256)) * 3),
+    ("a.json", b'{"url": "x"}'),
+    ("deep/" + "d" * 120 + "/b.png", b"png" * 1000),  # over 100 bytes: pax or GNU long name, or ustar prefix
+    ("ünïcode/c.jpg", b"jpeg"),
+    ("empty.txt", b""),
+]
+
+
+@pytest.mark.parametrize("fmt", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT])
+def test_members_match_what_tarfile_wrote_and_reads(fmt):
+    entries = ENTRIES if fmt != tarfile.USTAR_FORMAT else [e for e in ENTRIES if not e[0].startswith("ü")]
+    data = tar_bytes(entries, fmt)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:  # the reference reader
+        expected = [(m.name, m.offset, tar.extractfile(m).read()) for m in tar.getmembers()]
+    got = [(m.name, m.offset, m.data) for m in members(io.BytesIO(data), ALL)]
+    assert got == expected
+    assert [name for name, _ in entries] == [name for name, _, _ in got]
+
+
+def test_only_wanted_members_are_read_and_gzip_shards_read_the_same():
+    data = tar_bytes(ENTRIES)
+    wanted = [m for m in members(io.BytesIO(data), lambda name, size: name.endswith(".json"))]
+    assert [m.data for m in wanted if m.data is not None] == [b'{"url": "x"}']
+    assert [m.size for m in wanted] == [len(d) for _, d in ENTRIES]
+    compressed = gzip.GzipFile(fileobj=io.BytesIO(gzip.compress(data)))
+    assert [m.data for m in members(compressed, ALL)] == [d for _, d in ENTRIES]
+
+
+def test_a_truncated_tar_yields_the_whole_members_before_the_cut_then_says_where():
+    data = tar_bytes(ENTRIES)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        infos = tar.getmembers()
+    for cut in range(100, len(data) - 1024, 397):
+        got, problem = [], None
+        try:
+            got.extend(members(io.BytesIO(data[:cut]), ALL))
+        except TarTruncated as exc:
+            problem = exc
+        whole = [i.name for i in infos if i.offset_data + i.size <= cut]
+        assert [m.name for m in got] == whole[: len(got)] and len(whole) - len(got) <= 1, cut
+        if problem is None:  # cut in the end-of-archive blocks: every entry is whole
+            assert len(got) == len(infos) and infos[-1].offset_data + infos[-1].size <= cut
+        elif problem.offset != cut:  # cut inside an entry: reading stopped at its first header
+            assert problem.offset == infos[len(got)].offset < cut
+        else:  # cut in the padding after a whole entry
+            assert got[-1].offset + 512 + got[-1].size <= cut
+
+
+def test_damaged_headers_and_oversized_metadata_stop_the_shard():
+    data = bytearray(tar_bytes(ENTRIES))
+    first_size = -(-len(ENTRIES[0][1]) // 512) * 512
+    second = 512 + first_size
+    damaged = bytes(data[:second]) + b"garbage!" * 64 + bytes(data[second + 512 :])
+    with pytest.raises(TarDamaged) as caught:
+        list(members(io.BytesIO(damaged), ALL))
+    assert caught.value.offset == second
+
+    # A pax header that claims 10 GiB: refused from its header, nothing of it read into memory.
+    info = tarfile.TarInfo("x")
+    header = bytearray(info.tobuf(tarfile.USTAR_FORMAT))
+    header[124:136] = b"%011o\0" % (10 << 30)
+    header[156:157] = b"x"
+    header[148:156] = b"        "
+    header[148:156] = b"%06o\0 " % sum(header)
+    with pytest.raises(TarDamaged, match=str(MAX_META_BYTES)):
+        list(members(io.BytesIO(bytes(header) + bytes(4096)), ALL))
+
+
+def test_links_devices_and_directories_are_named_for_what_they_are():
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, kind in (("dir", tarfile.DIRTYPE), ("s.jpg", tarfile.SYMTYPE), ("h.jpg", tarfile.LNKTYPE),
+                           ("c.jpg", tarfile.CHRTYPE), ("f.jpg", tarfile.FIFOTYPE)):  # fmt: skip
+            info = tarfile.TarInfo(name)
+            info.type = kind
+            info.linkname = "/etc/passwd" if kind in (tarfile.SYMTYPE, tarfile.LNKTYPE) else ""
+            tar.addfile(info)
+        tar.addfile(tarfile.TarInfo("after.jpg"), io.BytesIO(b""))
+    kinds = [(m.name, m.kind) for m in members(io.BytesIO(buffer.getvalue()), ALL)]
+    assert kinds == [
+        ("dir/", "directory"),  # as stored: tarfile adds the slash
+        ("s.jpg", "symbolic link"),
+        ("h.jpg", "hard link"),
+        ("c.jpg", "character device"),
+        ("f.jpg", "FIFO"),
+        ("after.jpg", "file"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    ["s/{00000..00012}.tar", "{a,b}/{0..3}-{x,y}.tar", "{9..11}.tar", "{10..08}.tar", "plain.tar", "{007..010}.tgz"],
+)
+def test_brace_expansion_agrees_with_braceexpand(pattern):
+    assert list(expand_braces(pattern)) == list(braceexpand(pattern))
+
+
+def test_globs_stay_in_a_folder_unless_double_starred():
+    assert FilePattern.parse("s3://b/x/train-*.tar") == FilePattern("s3://b/x", "train-*.tar")
+    assert FilePattern.parse("/data/shards/{000..009}.tar") == FilePattern("/data/shards", "{000..009}.tar")
+    assert FilePattern.parse("s3://b/shards") == FilePattern("s3://b/shards", "")
+    star = _glob_regex("train-*.tar")
+    assert star.match("train-01.tar") and not star.match("sub/train-01.tar") and not star.match("train-01.tar.gz")
+    deep = _glob_regex("**/*.tar")
+    assert deep.match("a.tar") and deep.match("x/y/a.tar") and not deep.match("x/a.tgz")
+    assert _glob_regex("s[0-9]?.tar").match("s1a.tar") and not _glob_regex("s[!0-9].tar").match("s1.tar")
+
+
+def test_format_options_are_checked_where_they_are_given():
+    assert Source(uri="s3://b/s", format="webdataset").extensions == ["jpg", "jpeg", "png", "webp"]
+    assert Source(uri="/d").extensions[:2] == ["jpg", "jpeg"] and Source(uri="/d").format == "files"
+    with pytest.raises(ValidationError, match="loose files have no fields"):
+        Source(uri="/d", fields={"caption": "txt"})
+    with pytest.raises(ValidationError, match="already a column of the output"):
+        Source(uri="/d", format="parquet", fields={"status": "s"})
+    with pytest.raises(ValidationError, match="not a column name"):
+        Source(uri="/d", format="parquet", fields={"bad name": "s"})
+    with pytest.raises(ValidationError, match="image_column is for parquet"):
+        Source(uri="/d", format="list", image_column="img")
+    with pytest.raises(ValidationError, match="format"):
+        Source(uri="/d", format="zip")
