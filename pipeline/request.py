@@ -198,5 +198,5 @@ class LabelRequest(BaseModel):
             vocabulary_fingerprint=self.vocabulary.fingerprint(),
             config=self.config.to_dict(),
             config_hash=self.config.config_hash(),
-            columns=sorted(self.input.fields),
+            columns=list(self.input.fields),
         )

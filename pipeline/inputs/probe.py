@@ -85,7 +85,7 @@ def _list_schema(reading: ListReading, fs: pafs.FileSystem) -> pa.Schema:
     if reading.kind == "parquet":
         return pq.read_schema(path, filesystem=fs)
     with fs.open_input_stream(path) as stream:
-        header = stream.read(_HEADER_BYTES).split(b"\n", 1)[0]
+        header = stream.read(_HEADER_BYTES).split(b"\n", 1)[0] + b"\n"
     delimiter = "\t" if path.lower().endswith(".tsv") else ","
     return pacsv.read_csv(io.BytesIO(header), parse_options=pacsv.ParseOptions(delimiter=delimiter)).schema
 

@@ -162,42 +162,57 @@ class _ShardReader:
         self.uri = reading.location.uri_of(path)
         self.wanted_extensions = set(reading.extensions) | {m for m, _ in reading.field_members.values()}
         self.seen: set[str] = set()
+        self.pending: _Sample | None = None  # the sample whose members are being gathered
 
     def rows(self) -> Iterator[pa.Table]:
         """The shard's samples in order; then, if it broke, one row for the rest."""
-        location, retry = self.reading.location, self.reading.retry
-        fs = location.filesystem()
         try:
-            file = retry.call(f"opening {self.uri}", lambda: fs.open_input_file(self.path))
-            stream = _ChunkedReader(file, file.size(), self.uri, retry)
-            tar = gzip.GzipFile(fileobj=stream) if self.path.lower().endswith((".gz", ".tgz")) else stream
-            pending: _Sample | None = None
-            for member in members(tar, self._wanted):
-                if member.kind == MEMBER_DIRECTORY:
-                    continue
-                split = _split_name(member.name)
-                key = split[0] if split else member.name
-                if split is None and _unsafe(member) is None:
-                    continue  # a member without extension belongs to no sample (WebDataset skips it too)
-                if pending is None or key != pending.key:
-                    if pending is not None:
-                        yield from self._emit(pending)
-                    pending = _Sample(key, member)
-                pending.members.append((split[1] if split else "", member))
-            if pending is not None:
-                yield from self._emit(pending)
+            yield from self._samples()
         except StorageUnavailable:
             raise  # the run's problem, not the shard's
-        except TarTruncated as exc:
-            yield from self._broken(REASON_TRUNCATED, f"{exc}; the samples from byte {exc.offset} on were not read")
-        except TarDamaged as exc:
-            yield from self._broken(REASON_CORRUPT, f"{exc}; the samples from byte {exc.offset} on were not read")
+        except (TarTruncated, TarDamaged) as exc:
+            reason = REASON_TRUNCATED if isinstance(exc, TarTruncated) else REASON_CORRUPT
+            yield from self._broken_at(reason, exc)
         except EOFError as exc:  # gzip: the compressed stream ends early
             yield from self._broken(REASON_TRUNCATED, f"the compressed shard ends early ({exc})")
         except (gzip.BadGzipFile, zlib.error) as exc:
             yield from self._broken(REASON_CORRUPT, f"the compressed shard is damaged ({exc})")
         except Exception as exc:  # not found, permission: the shard's problem, retried by the next run
             yield from self._broken(REASON_UNREADABLE, f"{type(exc).__name__}: {exc}")
+
+    def _samples(self) -> Iterator[pa.Table]:
+        location, retry = self.reading.location, self.reading.retry
+        fs = location.filesystem()
+        file = retry.call(f"opening {self.uri}", lambda: fs.open_input_file(self.path))
+        stream = _ChunkedReader(file, file.size(), self.uri, retry)
+        tar = gzip.GzipFile(fileobj=stream) if self.path.lower().endswith((".gz", ".tgz")) else stream
+        for member in members(tar, self._wanted):
+            if member.kind == MEMBER_DIRECTORY:
+                continue
+            split = _split_name(member.name)
+            if split is None and _unsafe(member) is None:
+                continue  # a member without extension belongs to no sample (WebDataset skips it too)
+            key = split[0] if split else member.name
+            if self.pending is None or key != self.pending.key:
+                if self.pending is not None:
+                    yield from self._emit(self.pending)
+                self.pending = _Sample(key, member)
+            self.pending.members.append((split[1] if split else "", member))
+        if self.pending is not None:
+            yield from self._emit(self.pending)
+            self.pending = None
+
+    def _broken_at(self, reason: str, exc: TarTruncated | TarDamaged) -> Iterator[pa.Table]:
+        """The sample being gathered is whole if the break came in an entry of another key; else it is lost
+        with the rest, which then starts where it did."""
+        start, pending = exc.offset, self.pending
+        if pending is not None:
+            split = _split_name(exc.name) if exc.name is not None else None
+            if split is not None and split[0] != pending.key:
+                yield from self._emit(pending)
+            else:
+                start = pending.offset
+        yield from self._broken(reason, f"{exc}; the samples from byte {start} on were not read")
 
     def _wanted(self, name: str, size: int) -> bool:
         split = _split_name(name)

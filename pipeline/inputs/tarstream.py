@@ -41,9 +41,10 @@ class Readable(Protocol):
 class TarProblem(Exception):
     """Reading stopped at `offset` (bytes into the tar) for the reason given."""
 
-    def __init__(self, offset: int, detail: str):
+    def __init__(self, offset: int, detail: str, name: str | None = None):
         super().__init__(detail)
         self.offset = offset
+        self.name = name  # the entry being read, when its header was whole
 
 
 class TarTruncated(TarProblem):
@@ -148,10 +149,14 @@ def members(stream: Readable, wanted: Callable[[str, int], bool]) -> Iterator[Me
         kind = _kind(kind_flag)
         data = None
         data_size = 0 if kind_flag in _NO_DATA else size  # unknown types carry data, as POSIX says
-        if kind == MEMBER_FILE and wanted(name, size):
-            data = cursor.exactly(size, offset)
-        else:
-            cursor.skip(data_size, offset)
+        try:
+            if kind == MEMBER_FILE and wanted(name, size):
+                data = cursor.exactly(size, offset)
+            else:
+                cursor.skip(data_size, offset)
+        except TarTruncated as exc:
+            exc.name = name
+            raise
         whole_padding = cursor.pad(_padded(data_size) - data_size)
         utf8 = _is_utf8(name)
         shown = name if utf8 else name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

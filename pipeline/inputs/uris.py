@@ -153,7 +153,7 @@ def _renamed_rows(reading: ListReading, table: pa.Table) -> list[dict[str, Any]]
 def _all_text(data: bytes, delimiter: str) -> dict[str, pa.DataType]:
     """Every CSV column read as text (an id such as 007 stays 007)."""
     header = pacsv.read_csv(
-        io.BytesIO(data.split(b"\n", 1)[0]), parse_options=pacsv.ParseOptions(delimiter=delimiter)
+        io.BytesIO(data.split(b"\n", 1)[0] + b"\n"), parse_options=pacsv.ParseOptions(delimiter=delimiter)
     ).column_names
     return dict.fromkeys(header, pa.string())
 
