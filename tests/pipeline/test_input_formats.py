@@ -252,9 +252,9 @@ def test_format_mistakes_are_refused_before_any_work(tmp_path):
         preflight(helpers.label_request(uri, str(tmp_path / "out"), **options, **RUN))
 
     pq.write_table(pa.table({"picture": [b"x"]}), tmp_path / "t.parquet")
-    with pytest.raises(InputUnusable, match="has no column 'image' .*picture.*set input.image_column"):
+    with pytest.raises(InputUnusable, match=r"has no column 'image' .*picture.*set input\.image_column"):
         check(str(tmp_path / "t.parquet"), format="parquet")
-    with pytest.raises(InputUnusable, match="input.fields caption: text"):
+    with pytest.raises(InputUnusable, match=r"input\.fields caption: text"):
         check(str(tmp_path / "t.parquet"), format="parquet", image_column="picture", fields={"caption": "text"})
     pq.write_table(pa.table({"picture": pa.array([1])}), tmp_path / "n.parquet")
     with pytest.raises(InputUnusable, match="is int64, not image bytes"):
@@ -268,7 +268,7 @@ def test_format_mistakes_are_refused_before_any_work(tmp_path):
     (tmp_path / "shards").mkdir()
     with pytest.raises(InputHasNoImages, match="names no shards matching train-"):
         check(f"{tmp_path}/shards/train-*.tar", format="webdataset")
-    with pytest.raises(InputNotFound, match="first shard 000.tar does not exist"):
+    with pytest.raises(InputNotFound, match=r"first shard 000\.tar does not exist"):
         check(f"{tmp_path}/shards/{{000..009}}.tar", format="webdataset")
     with pytest.raises(InputNotFound):
         check(f"{tmp_path}/nowhere/{{000..009}}.tar", format="webdataset")
