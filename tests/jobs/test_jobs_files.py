@@ -297,3 +297,18 @@ def test_vocabulary_file_falls_back_to_the_installed_package(tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)  # no jobs/ here: the packaged copy is used
     job = load(tmp_path, _merge("vocabulary: {file: jobs/vocab/cityscapes.txt}"))
     assert job.vocabulary.num_classes == 19
+
+
+@pytest.mark.parametrize(
+    ("name", "variable", "value", "form"),
+    [
+        ("webdataset", "SFP_SHARDS", "s3://b/shards/{00000..01023}.tar", "webdataset"),
+        ("parquet", "SFP_TABLES", "data/hf-dataset/data", "parquet"),
+        ("list", "SFP_LIST", "s3://b/subsets/hard.csv", "list"),
+    ],
+)
+def test_input_format_jobs(name, variable, value, form, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    job = load_job(ROOT / "jobs" / f"{name}.yaml", environ={variable: value, "SFP_OUTPUT": "s3://b/labels"})
+    assert (job.spec.input.uri, job.spec.input.format) == (value, form)
+    assert job.request().input.format == form
