@@ -13,6 +13,7 @@ from .errors import (
     ForeignFilesInOutput,
     InputHasNoImages,
     InputNotFound,
+    InputUnusable,
     LeaseHeld,
     LeaseLost,
     OutputLabelledDifferently,
@@ -23,6 +24,7 @@ from .errors import (
     StorageUnavailable,
     UnsupportedStorage,
 )
+from .inputs.sources import read_source
 from .output import (
     DEFAULT_MAX_PIXELS,
     RUN_FAILED,
@@ -76,6 +78,7 @@ __all__ = [
     "ImageError",
     "InputHasNoImages",
     "InputNotFound",
+    "InputUnusable",
     "LabelIdentity",
     "LabelRequest",
     "LabelledImage",
@@ -112,6 +115,7 @@ __all__ = [
     "preflight",
     "read_image_ids",
     "read_labels",
+    "read_source",
     "upgrade_output",
 ]
 

@@ -23,7 +23,7 @@ from urllib.parse import quote
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pipeline import DEFAULT_MAX_PIXELS, STATUS_OK, LabelledOutput, OutputError, decode_image, path_of_uri
+from pipeline import DEFAULT_MAX_PIXELS, STATUS_OK, LabelledOutput, OutputError, decode_image, read_source
 
 COLUMNS = (
     "image_id", "uri", "status", "error", "width", "height", "mask_png", "class_ids", "class_pixels",
@@ -154,10 +154,8 @@ def _source_image(
     uri: str, storage_options: dict[str, Any] | None, size: tuple[int, int]
 ) -> tuple[Image.Image, str | None]:
     """The labelled image as the pipeline saw it (EXIF-oriented RGB), or a grey stand-in and the reason."""
-    try:
-        location, path = path_of_uri(uri, storage_options)  # the row's URI is quoted: never parse it as a URL
-        with location.filesystem().open_input_stream(path) as stream:
-            pixels = decode_image(stream.read(), MAX_SOURCE_PIXELS)
+    try:  # a file, a shard member or a table row: the row's URI is quoted, never parsed as a URL
+        pixels = decode_image(read_source(uri, storage_options), MAX_SOURCE_PIXELS)
     except Exception as exc:  # moved, unreadable or broken: only this picture suffers
         return Image.new("RGB", size, (128, 128, 128)), f"source image unreadable: {type(exc).__name__}: {exc}"
     if (pixels.shape[1], pixels.shape[0]) != size:

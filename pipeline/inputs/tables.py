@@ -149,7 +149,7 @@ class _GroupReader:
         images = self._read_group([reading.image_column]).column(reading.image_column)
         values = [self._field_column(table, source) for source in reading.fields.values()]
         for index, image_id in enumerate(ids):
-            data, error = _image_bytes(images[index].as_py(), reading.image_column)
+            data, error = image_bytes(images[index].as_py(), reading.image_column)
             row_uri = f"{self.uri}#row={unit['first_row'] + index}"
             yield from self.batcher.add(image_id, row_uri, data, error, [v[index] for v in values])
 
@@ -186,7 +186,7 @@ class _GroupReader:
         yield from self.batcher.add(self.unit["name"], self.uri, None, message, [None] * len(self.reading.fields))
 
 
-def _image_bytes(value: Any, column: str) -> tuple[bytes | None, str | None]:
+def image_bytes(value: Any, column: str) -> tuple[bytes | None, str | None]:
     """A cell of the image column -> (bytes, None) or (None, why not)."""
     if isinstance(value, dict):  # Hugging Face's Image feature: {"bytes": ..., "path": ...}
         if value.get("bytes"):

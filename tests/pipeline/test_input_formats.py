@@ -24,9 +24,8 @@ import pytest
 from helpers import run_label
 from PIL import Image
 
-from pipeline import InputHasNoImages, InputNotFound, read_image_ids
+from pipeline import InputHasNoImages, InputNotFound, InputUnusable, read_image_ids
 from pipeline.checks import preflight
-from pipeline.errors import InputUnusable
 from sfp_core import SFPConfig, Vocabulary
 
 pytestmark = pytest.mark.timeout(240)

@@ -150,3 +150,24 @@ def test_format_options_are_checked_where_they_are_given():
         Source(uri="/d", format="list", image_column="img")
     with pytest.raises(ValidationError, match="format"):
         Source(uri="/d", format="zip")
+
+
+def test_a_rows_uri_leads_back_to_its_image_in_a_shard_or_a_table(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline import read_source
+    from pipeline.storage import Location
+
+    where = Location.parse(str(tmp_path))
+    (tmp_path / "a#b.jpg").write_bytes(b"loose")
+    (tmp_path / "s.tar").write_bytes(tar_bytes([("k.json", b"{}"), ("dir/k #1.jpg", b"member"), ("z.jpg", b"z")]))
+    table = pa.table({"id": ["r0", "r1", "r2"], "image": [{"bytes": b"r%d" % i, "path": None} for i in range(3)]})
+    pq.write_table(table, tmp_path / "t.parquet", row_group_size=2)
+    assert read_source(where.uri_of(f"{tmp_path}/a#b.jpg")) == b"loose"  # a quoted "#" is part of the name
+    assert read_source(where.uri_of(f"{tmp_path}/s.tar") + "#dir/k%20%231.jpg") == b"member"
+    assert read_source(where.uri_of(f"{tmp_path}/t.parquet") + "#row=2") == b"r2"
+    with pytest.raises(LookupError, match="no member"):
+        read_source(where.uri_of(f"{tmp_path}/s.tar") + "#nope.jpg")
+    with pytest.raises(LookupError, match="has 3 rows"):
+        read_source(where.uri_of(f"{tmp_path}/t.parquet") + "#row=3")

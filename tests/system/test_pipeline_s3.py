@@ -142,3 +142,72 @@ def test_a_run_configured_only_through_environment_variables(ray_local, s3_serve
     table = remote_output_table(fs, "sfp-env-out/labels")
     assert sorted(table.column("image_id").to_pylist()) == sorted(expected)
     assert objects(fs, "sfp-env-out/labels/_sfp/lease")  # the lease went to the same server as the data
+
+
+def test_shards_tables_and_lists_on_s3_label_each_image_once_like_loose_files(ray_local, s3_server, image_corpus):
+    import tarfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root, _ = image_corpus
+    names = ["rgb.jpg", "gray.png", "palette.png", "cmyk.jpg"]
+    images = {n: (root / n).read_bytes() for n in names}
+    fs = s3_server.filesystem()
+    s3_server.create_bucket("sfp-formats")
+
+    def put(key: str, data: bytes) -> None:
+        with fs.open_output_stream(f"sfp-formats/{key}") as stream:
+            stream.write(data)
+
+    def tar_of(members: list[tuple[str, bytes]]) -> bytes:
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            for name, data in members:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        return buffer.getvalue()
+
+    for name, data in images.items():
+        put(f"loose/{name}", data)
+    put("shards/000.tar", tar_of([(f"k{i}.{n.rsplit('.', 1)[1]}", images[n]) for i, n in enumerate(names[:2])]))
+    put("shards/001.tar", tar_of([("k2.png", images[names[2]]), ("bad.jpg", b"not an image")]))
+    whole = tar_of([("t0.jpg", images[names[3]]), ("t1.jpg", images[names[3]])])
+    put("shards/002.tar", whole[: len(whole) - 1200])  # cut inside t1
+    table = pa.table({"id": ["a", "b"], "image": [images[names[0]], images[names[1]]]})
+    sink = io.BytesIO()
+    pq.write_table(table, sink, row_group_size=1)
+    put("tables/part-0.parquet", sink.getvalue())
+    put("lists/subset.csv", f"uri,id\n../loose/{names[0]},x\ns3://sfp-formats/loose/{names[2]},y\n".encode())
+    put("lists/relative.txt", f"s3://sfp-formats/loose/{names[1]}\nmissing.jpg\n".encode())
+
+    where = {"input_storage_options": s3_server.storage_options, "output_storage_options": s3_server.storage_options}
+
+    def label(uri: str, out: str, **options) -> dict[str, dict]:
+        run_label(uri, f"s3://sfp-formats/out/{out}", mode="overwrite", **where, **options, **RUN)
+        rows = remote_output_table(fs, f"sfp-formats/out/{out}").to_pylist()
+        assert len({r["image_id"] for r in rows}) == len(rows)
+        return {r["image_id"]: r for r in rows}
+
+    def mask(row: dict) -> np.ndarray:
+        return np.asarray(Image.open(io.BytesIO(row["mask_png"])))
+
+    loose = label("s3://sfp-formats/loose", "loose")
+    shards = label("s3://sfp-formats/shards/{000..002}.tar", "shards", format="webdataset")
+    assert {i: r["status"] for i, r in shards.items()} == {
+        "000.tar/k0": "ok", "000.tar/k1": "ok", "001.tar/k2": "ok", "001.tar/bad": "error", "002.tar/t0": "ok",
+        "002.tar": "error",
+    }  # fmt: skip
+    assert shards["002.tar"]["error"].startswith("truncated: shard 002.tar: ")
+    for image_id, name in (("000.tar/k0", names[0]), ("001.tar/k2", names[2]), ("002.tar/t0", names[3])):
+        np.testing.assert_array_equal(mask(shards[image_id]), mask(loose[name]))
+    tables = label("s3://sfp-formats/tables", "tables", format="parquet")
+    np.testing.assert_array_equal(mask(tables["b"]), mask(loose[names[1]]))
+    listed = label("s3://sfp-formats/lists/subset.csv", "csv", format="list")
+    assert set(listed) == {"x", "y"} and listed["x"]["error"].startswith("unsafe entry")  # ../ leaves the list
+    np.testing.assert_array_equal(mask(listed["y"]), mask(loose[names[2]]))
+    relative = label("s3://sfp-formats/lists/relative.txt", "txt", format="list")
+    assert relative["missing.jpg"]["uri"] == "s3://sfp-formats/lists/missing.jpg"
+    assert relative["missing.jpg"]["error"].startswith("unreadable: ")
+    np.testing.assert_array_equal(mask(relative[f"s3://sfp-formats/loose/{names[1]}"]), mask(loose[names[1]]))
