@@ -158,6 +158,7 @@ def child_pipeline(spec: dict) -> dict:
     done = time.perf_counter()
     assert summary.ok == summary.total == spec["images"], summary
     return {
+        "stages": stage_times(ray.timeline(), done - start),
         "images": summary.ok,
         "e2e_s": done - start,
         "driver_rss_before_mb": before / 2**20,
@@ -166,6 +167,25 @@ def child_pipeline(spec: dict) -> dict:
         "driver_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "actor_peak_rss_mb": rss.actor_peak / 2**20,
     }
+
+
+def stage_times(events: list[dict], wall_s: float) -> list[dict]:
+    """Where the run's time went, from Ray's task timeline: per task or actor-method name, the seconds spent
+    in it (summed over its tasks), how many ran, and their sum as a share of the run's wall time."""
+    totals: dict[str, list[float]] = {}
+    for event in events:
+        if event.get("ph") != "X" or not event.get("dur"):
+            continue
+        name = str(event.get("name", "?"))
+        if name.startswith(("task::", "actor_task::")):
+            name = name.split("::", 1)[1]
+        seconds, count = totals.get(name, [0.0, 0])
+        totals[name] = [seconds + event["dur"] / 1e6, count + 1]
+    ranked = sorted(totals.items(), key=lambda item: -item[1][0])[:12]
+    return [
+        {"name": name, "seconds": round(seconds, 2), "tasks": int(count), "share_of_wall": round(seconds / wall_s, 3)}
+        for name, (seconds, count) in ranked
+    ]
 
 
 def wait_for_quiet(max_load: float | None, patience: float = 600) -> None:
@@ -280,6 +300,19 @@ def markdown(results: dict) -> str:
             f"| {row['arch']} | {row['images']} | {bare['ips']:.2f} / {bare['images'] / bare['run_s']:.2f} "
             f"| {piped['ips']:.2f} | {row['ratio_e2e']:.2f}x | {piped.get('actor_peak_rss_mb', 0):.0f} MiB |"
         )
+    for row in results["throughput"]:
+        wall = row["pipeline"]["e2e_s"]
+        lines += [
+            "",
+            f"Where {row['arch']}'s pipeline time went (Ray timeline; shares of {wall:.1f} s):",
+            "",
+            "| stage (task or actor method) | tasks | seconds | share of wall |",
+            "|---|---|---|---|",
+        ]
+        for stage in row["pipeline"].get("stages", []):
+            lines.append(
+                f"| {stage['name']} | {stage['tasks']} | {stage['seconds']:.1f} | {stage['share_of_wall']:.0%} |"
+            )
     if results["driver_memory"]:
         lines += [
             "",
