@@ -128,3 +128,25 @@ def remote_output_table(fs, prefix: str, columns: list[str] | None = None) -> pa
     with fs.open_input_stream(f"{prefix}/_sfp/current.json") as stream:
         folder = json.loads(stream.read())["data"]
     return pads.dataset(f"{prefix}/{folder}", filesystem=fs, format="parquet").to_table(columns=columns)
+
+
+def kill_after_first_commit(driver: str, output: Path, ray_address: str, patience_s: float = 150) -> None:
+    """Run `driver` (Python source that calls `label`) in its own process and SIGKILL it once a data file
+    is committed under `output`."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "RAY_ADDRESS": ray_address}
+    process = subprocess.Popen(
+        [sys.executable, "-c", driver], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + patience_s
+    while not list(output.glob("data-*/part-*.parquet")):
+        assert process.poll() is None, process.stderr.read().decode()[-3000:]
+        assert time.monotonic() < deadline, "the driver committed nothing in time"
+        time.sleep(0.2)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)

@@ -14,11 +14,13 @@ from __future__ import annotations
 import itertools
 import posixpath
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
+import ray
 
 from ..errors import InputNotFound
 from ..output import is_hidden
@@ -147,3 +149,22 @@ def _files_under(location: Location, retry: Retry) -> Iterator[str]:
         relative = entry.path.removeprefix(prefix)
         if entry.type == pafs.FileType.File and not any(is_hidden(p) for p in relative.split("/")):
             yield relative
+
+
+def planned_in_a_task(
+    planner: Callable[..., Iterator[pa.Table]], num_cpus: float, **arguments: Any
+) -> ray.data.Dataset:
+    """The blocks `planner(**arguments)` yields, made in one Ray task: listing runs where the cluster is,
+    and its rows go to the object store, never through the driver."""
+    return ray.data.from_items([{"plan": 0}]).map_batches(
+        _run_planner,
+        batch_format="pyarrow",
+        batch_size=None,
+        num_cpus=num_cpus,
+        fn_kwargs={"planner": planner, "arguments": arguments},
+    )
+
+
+def _run_planner(seed: pa.Table, *, planner: Callable[..., Iterator[pa.Table]], arguments: dict) -> Iterator[pa.Table]:
+    del seed  # one task, one plan
+    yield from planner(**arguments)

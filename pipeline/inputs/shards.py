@@ -50,7 +50,7 @@ from ..output import (
 from ..retry import Retry
 from ..storage import Location, Redactor
 from .ledger import record_unit
-from .patterns import FilePattern, matching_files, name_blocks
+from .patterns import FilePattern, matching_files, name_blocks, planned_in_a_task
 from .samples import KnownIds, SampleBatcher
 from .tarstream import MAX_META_BYTES, MEMBER_DIRECTORY, MEMBER_FILE, Member, TarDamaged, TarTruncated, members
 
@@ -82,17 +82,10 @@ class ShardReading:
 
 def plan_shards(pattern: FilePattern, location: Location, num_cpus: float, retry: Retry) -> ray.data.Dataset:
     """Rows `(unit, path, name)`, one per shard, listed or expanded in a Ray task."""
-    return ray.data.from_items([{"base": location.path}]).map_batches(
-        _list_shards,
-        batch_format="pyarrow",
-        batch_size=None,
-        num_cpus=num_cpus,
-        fn_kwargs={"pattern": pattern, "location": location, "retry": retry},
-    )
+    return planned_in_a_task(_list_shards, num_cpus, pattern=pattern, location=location, retry=retry)
 
 
-def _list_shards(seed: pa.Table, *, pattern: FilePattern, location: Location, retry: Retry) -> Iterator[pa.Table]:
-    del seed  # one task, one base
+def _list_shards(pattern: FilePattern, location: Location, retry: Retry) -> Iterator[pa.Table]:
     yield from name_blocks(matching_files(pattern, location, SHARD_SUFFIXES, retry))
 
 

@@ -34,7 +34,7 @@ from ..request import DEFAULT_ID_COLUMN
 from ..retry import Retry
 from ..storage import Location, Redactor
 from .ledger import record_unit
-from .patterns import FilePattern, matching_files, name_blocks
+from .patterns import FilePattern, matching_files, name_blocks, planned_in_a_task
 from .samples import KnownIds, SampleBatcher
 
 TABLE_SUFFIXES = (".parquet", ".pq")
@@ -72,17 +72,10 @@ class TableReading:
 
 def plan_row_groups(pattern: FilePattern, location: Location, num_cpus: float, retry: Retry) -> ray.data.Dataset:
     """Rows of `GROUP_SCHEMA`, one per row group of every file, made in a Ray task."""
-    return ray.data.from_items([{"base": location.path}]).map_batches(
-        _list_row_groups,
-        batch_format="pyarrow",
-        batch_size=None,
-        num_cpus=num_cpus,
-        fn_kwargs={"pattern": pattern, "location": location, "retry": retry},
-    )
+    return planned_in_a_task(_list_row_groups, num_cpus, pattern=pattern, location=location, retry=retry)
 
 
-def _list_row_groups(seed: pa.Table, *, pattern: FilePattern, location: Location, retry: Retry) -> Iterator[pa.Table]:
-    del seed  # one task, one base
+def _list_row_groups(pattern: FilePattern, location: Location, retry: Retry) -> Iterator[pa.Table]:
     fs = location.filesystem()
     unit = 0
 

@@ -37,6 +37,7 @@ from ..request import DEFAULT_ID_COLUMN
 from ..retry import Retry
 from ..storage import Location, Redactor, public_uri
 from .files import fetch_files
+from .patterns import planned_in_a_task
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +72,10 @@ class ListReading:
 
 def plan_list(reading: ListReading, num_cpus: float) -> ray.data.Dataset:
     """The list's entries as listing rows, read in a Ray task."""
-    return ray.data.from_items([{"list": reading.location.path}]).map_batches(
-        _list_entries, batch_format="pyarrow", batch_size=None, num_cpus=num_cpus, fn_kwargs={"reading": reading}
-    )
+    return planned_in_a_task(_list_entries, num_cpus, reading=reading)
 
 
-def _list_entries(seed: pa.Table, *, reading: ListReading) -> Iterator[pa.Table]:
-    del seed
+def _list_entries(reading: ListReading) -> Iterator[pa.Table]:
     seen: set[str] = set()
     duplicates = 0
     schema = reading.listing_schema()

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 
 import helpers
@@ -241,17 +240,7 @@ def test_killed_driver_then_incremental_rerun_is_exactly_once(ray_local, image_c
         ))
         """
     )
-    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
-    process = subprocess.Popen(
-        [sys.executable, "-c", driver], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    deadline = time.monotonic() + 150
-    while not list(output.glob("data-*/part-*.parquet")):
-        assert process.poll() is None, process.stderr.read().decode()[-3000:]
-        assert time.monotonic() < deadline, "the driver committed nothing in time"
-        time.sleep(0.2)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait(timeout=30)
+    helpers.kill_after_first_commit(driver, output, ray_local.get_runtime_context().gcs_address)
     committed = read_image_ids(str(output))
     assert 0 < len(committed) < len(names), "the driver was not killed midway"
     (dead_run,) = [p.name for p in (output / "_sfp" / "staging").iterdir()]
