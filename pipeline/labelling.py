@@ -103,7 +103,7 @@ class _Run:
             run_name=request.run_name,
             started_at=iso(self.started),
             input=InputRecord(
-                uri=public_uri(request.input.uri),
+                uri=self.input.uri(),
                 format=request.input.format,
                 storage_options=public_options(dict(request.input.storage_options)),
                 extensions=list(request.input.extensions),
@@ -142,7 +142,7 @@ class _Run:
         return RunSummary(
             run_id=self.run_id,
             run_name=self.request.run_name,
-            input_uri=public_uri(self.request.input.uri),
+            input_uri=self.input.uri(),
             output_uri=self.output.uri,
             mode=self.request.output.mode,
             ok=ok,

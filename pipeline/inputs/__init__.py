@@ -56,6 +56,12 @@ class InputReader:
             uri = FilePattern.parse(uri).base_uri
         return Location.parse(uri, dict(self.source.storage_options))
 
+    def uri(self) -> str:
+        """The input as recorded (manifests, summaries): an absolute URI without credentials, pattern kept."""
+        pattern = FilePattern.parse(self.source.uri).pattern if self.source.format in ("webdataset", "parquet") else ""
+        base = self.location().uri
+        return f"{base}/{pattern}" if pattern else base
+
     def plan(self, num_cpus: float) -> ray.data.Dataset:
         """Rows with an `image_id` per image (per-image plans) or a `unit` per shard / row group."""
         source, location = self.source, self.location()

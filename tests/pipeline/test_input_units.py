@@ -171,3 +171,20 @@ def test_a_rows_uri_leads_back_to_its_image_in_a_shard_or_a_table(tmp_path):
         read_source(where.uri_of(f"{tmp_path}/s.tar") + "#nope.jpg")
     with pytest.raises(LookupError, match="has 3 rows"):
         read_source(where.uri_of(f"{tmp_path}/t.parquet") + "#row=3")
+
+
+def test_progress_of_shard_inputs_counts_shards_until_the_images_are_known():
+    import io as text_io
+
+    from jobs.cli.progress import ProgressDisplay, figures
+    from pipeline import Progress
+
+    reading = Progress(done=30, ok=29, error=1, total=None, skipped=5, elapsed_s=60.0, units_done=3,
+                       units_total=12, unit_name="shards")  # fmt: skip
+    assert figures(reading) == "30 images (29 ok, 1 error, 5 already done), 3/12 shards read 0.50 images/s, ETA 3m00s"
+    assert reading.share == 0.25 and not reading.finished
+    files = Progress(done=5, ok=5, error=0, total=10, skipped=0, elapsed_s=10.0)
+    assert figures(files) == "5/10 images (5 ok, 0 error) 0.50 images/s, ETA 10s" and files.share == 0.5
+    stream = text_io.StringIO()
+    ProgressDisplay(stream, line_every_s=0)(reading)
+    assert stream.getvalue() == f"progress: {figures(reading)}\n"
