@@ -213,8 +213,11 @@ def test_an_outage_past_the_patience_fails_clearly_and_the_next_run_completes(ra
     again = run_label("s3://sfp-in/corpus", "s3://sfp-out/long", **options(server), **RUN)
     assert (again.skipped, again.ok, again.error) == (len(partial), len(IMAGES) - len(partial), 0)
     assert sorted(output_ids(server, "sfp-out/long")) == IMAGES
-    leftovers = server.filesystem().get_file_info(pafs.FileSelector("sfp-out/long/_sfp/staging", allow_not_found=True))
-    assert leftovers == []  # the failed run's staged files were cleared by the next run
+    staging = pafs.FileSelector("sfp-out/long/_sfp/staging", recursive=True, allow_not_found=True)
+    leftovers = [i.path for i in server.filesystem().get_file_info(staging) if i.type == pafs.FileType.File]
+    # The failed run's staged files were cleared by the next run. (Objects only: SeaweedFS lists the folder
+    # of a deleted object for a moment after the delete, which no S3 client sees as a file.)
+    assert leftovers == []
 
 
 def test_the_cli_reports_an_outage_in_one_line_and_exits_4(tmp_path, monkeypatch, capsys):
