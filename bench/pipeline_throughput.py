@@ -170,15 +170,15 @@ def child_pipeline(spec: dict) -> dict:
 
 
 def stage_times(events: list[dict], wall_s: float) -> list[dict]:
-    """Where the run's time went, from Ray's task timeline: per task or actor-method name, the seconds spent
-    in it (summed over its tasks), how many ran, and their sum as a share of the run's wall time."""
+    """Where the run's time went, from Ray's task timeline: per task (Ray Data names its tasks after their
+    operators, e.g. `MapBatches(decode_batch)`; actor calls are `<class>.<method>`), the seconds spent in
+    it summed over its runs, how many ran, and that sum as a share of the run's wall time."""
     totals: dict[str, list[float]] = {}
     for event in events:
-        if event.get("ph") != "X" or not event.get("dur"):
-            continue
-        name = str(event.get("name", "?"))
-        if name.startswith(("task::", "actor_task::")):
-            name = name.split("::", 1)[1]
+        kind = str(event.get("cat", ""))
+        if event.get("ph") != "X" or not event.get("dur") or not kind.startswith("task::"):
+            continue  # the phases inside a task (deserialise, execute, store) are counted in it
+        name = kind.removeprefix("task::")
         seconds, count = totals.get(name, [0.0, 0])
         totals[name] = [seconds + event["dur"] / 1e6, count + 1]
     ranked = sorted(totals.items(), key=lambda item: -item[1][0])[:12]
