@@ -1,6 +1,6 @@
 """pipeline: Ray Data from object storage to Parquet, every image exactly once (docs/design.md).
 
-source -> decode -> predict -> encode -> sink, wired by `label(LabelRequest)`.
+inputs -> decode -> predict -> encode -> sink, wired by `label(LabelRequest)`.
 This module is the package's public face: `jobs` and Python users import
 from here, never from the modules behind it.
 """
