@@ -1,4 +1,4 @@
-"""`label(request)`: wires source -> decode -> predict -> encode -> sink into one streaming Ray Data job,
+"""`label(request)`: wires inputs -> decode -> predict -> encode -> sink into one streaming Ray Data job,
 under the output's lease, with a manifest per run (docs/design.md, "Data flow")."""
 
 from __future__ import annotations
