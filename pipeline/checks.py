@@ -65,7 +65,8 @@ class InputProbe:
 def preflight(request: LabelRequest, *, offline: bool = False, retry: Retry | None = None) -> None:
     """Raise the first `UserError` the request would hit; return quietly when it can run."""
     retry = retry or Retry(patience_s=request.output.storage_retry_s)
-    source = InputReader(request.input, request.redactor(), retry).location()
+    redact = request.redactor()
+    source = InputReader(request.input, redact, retry).location()
     output = Location.parse(request.output.uri, dict(request.output.storage_options))
     if offline:
         check_weights(request.model.arch, "random")  # the architecture only
@@ -76,7 +77,7 @@ def preflight(request: LabelRequest, *, offline: bool = False, retry: Retry | No
         _check_output(request, output, retry)
     except Exception as exc:
         if is_access_denied(exc):
-            raise access_denied(source.uri, output.uri, request.redactor()(root_cause(exc))) from exc
+            raise access_denied(source.uri, output.uri, redact(root_cause(exc))) from exc
         raise
     model = request.model
     check_weights(model.arch, model.weights, storage_options=fsspec_options(model.weights, dict(model.storage_options)))

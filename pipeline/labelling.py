@@ -58,7 +58,6 @@ log = logging.getLogger("pipeline")
 CPU_TASK_CPUS = 0.5
 ACTOR_CPUS = 1.0
 DECODE_BATCH = 16
-LEDGER_POLL_S = 1.0  # how often a shard or table run asks its ledger how far the reading is
 # A killed actor is replaced (Ray restarts it: one model load) and its batch retried; a batch that
 # kills its actor this many times fails the run instead of looping (Ray Data's default is forever).
 ACTOR_TASK_RETRIES = 3
@@ -284,6 +283,8 @@ def _label_units(run: _Run, writer: OutputWriter, units: ray.data.Dataset) -> tu
         tally: Tally = ray.get(ledger.tally.remote())
     finally:
         ray.kill(ledger)
+    counter.read_units(tally.units_done, tally.skipped)
+    counter.report()
     if tally.units_done != planned:
         raise RuntimeError(f"read {tally.units_done} of {planned} {run.input.unit_name}; not committing a partial run")
     return tally.emitted, tally.samples
@@ -313,10 +314,6 @@ def _write_rows(
         if run.request.incremental:
             writer.flush()  # what is finished stays, also when interrupted
     writer.flush()
-    if ledger is not None:
-        tally = ray.get(ledger.tally.remote())
-        counter.read_units(tally.units_done, tally.skipped)
-        counter.report()
 
 
 def _units_read(ledger: ray.actor.ActorHandle, asked: ray.ObjectRef | None, counter: ProgressCounter) -> ray.ObjectRef:

@@ -68,9 +68,8 @@ def check_list(source: Source, location: Location, retry: Retry) -> None:
     if reading.kind == "text":
         if source.allow_empty:
             return
-        with fs.open_input_stream(location.path) as stream:
-            head = stream.read(_HEADER_BYTES).decode("utf-8", "replace").splitlines()
-        if not any(line.strip() and not line.strip().startswith("#") for line in head):
+        head = retry.call(f"reading {location.uri}", lambda: _head(fs, location.path)).decode("utf-8", "replace")
+        if not any(line.strip() and not line.strip().startswith("#") for line in head.splitlines()):
             raise InputHasNoImages(f"input {source.uri} lists no URIs; set input.allow_empty: true if that is fine")
         return
     schema = retry.call(f"reading {location.uri}", lambda: _list_schema(reading, fs))
@@ -84,10 +83,15 @@ def _list_schema(reading: ListReading, fs: pafs.FileSystem) -> pa.Schema:
     path = reading.location.path
     if reading.kind == "parquet":
         return pq.read_schema(path, filesystem=fs)
-    with fs.open_input_stream(path) as stream:
-        header = stream.read(_HEADER_BYTES).split(b"\n", 1)[0] + b"\n"
+    header = _head(fs, path).split(b"\n", 1)[0] + b"\n"
     delimiter = "\t" if path.lower().endswith(".tsv") else ","
     return pacsv.read_csv(io.BytesIO(header), parse_options=pacsv.ParseOptions(delimiter=delimiter)).schema
+
+
+def _head(fs: pafs.FileSystem, path: str) -> bytes:
+    """The first bytes of a list: enough for its header line, or to see whether it lists anything."""
+    with fs.open_input_stream(path) as stream:
+        return stream.read(_HEADER_BYTES)
 
 
 def _check_named_columns(source: Source, schema: pa.Schema, where: str) -> None:

@@ -153,7 +153,8 @@ class _ShardReader:
     def __init__(self, reading: ShardReading, path: str, name: str, batcher: SampleBatcher):
         self.reading, self.path, self.name, self.batcher = reading, path, name, batcher
         self.uri = reading.location.uri_of(path)
-        self.wanted_extensions = set(reading.extensions) | {m for m, _ in reading.field_members.values()}
+        self.field_members = reading.field_members  # parsed once per shard, used for every sample
+        self.wanted_extensions = set(reading.extensions) | {m for m, _ in self.field_members.values()}
         self.seen: set[str] = set()
         self.pending: _Sample | None = None  # the sample whose members are being gathered
 
@@ -176,10 +177,14 @@ class _ShardReader:
     def _samples(self) -> Iterator[pa.Table]:
         location, retry = self.reading.location, self.reading.retry
         fs = location.filesystem()
-        file = retry.call(f"opening {self.uri}", lambda: fs.open_input_file(self.path))
-        stream = _ChunkedReader(file, file.size(), self.uri, retry)
-        tar = gzip.GzipFile(fileobj=stream) if self.path.lower().endswith((".gz", ".tgz")) else stream
-        for member in members(tar, self._wanted):
+        with retry.call(f"opening {self.uri}", lambda: fs.open_input_file(self.path)) as file:
+            stream = _ChunkedReader(file, file.size(), self.uri, retry)
+            tar = gzip.GzipFile(fileobj=stream) if self.path.lower().endswith((".gz", ".tgz")) else stream
+            yield from self._grouped(members(tar, self._wanted))
+
+    def _grouped(self, entries: Iterator[Member]) -> Iterator[pa.Table]:
+        """Consecutive members sharing a key, emitted as one sample each."""
+        for member in entries:
             if member.kind == MEMBER_DIRECTORY:
                 continue
             split = _split_name(member.name)
@@ -244,7 +249,7 @@ class _ShardReader:
 
     def _fields(self, sample: _Sample) -> list[str | None]:
         by_extension = {extension: member for extension, member in sample.members}
-        return [_field_value(by_extension.get(member), keys) for member, keys in self.reading.field_members.values()]
+        return [_field_value(by_extension.get(member), keys) for member, keys in self.field_members.values()]
 
     def _broken(self, reason: str, detail: str) -> Iterator[pa.Table]:
         message = self.reading.redact(f"{reason}: shard {self.name}: {detail}")

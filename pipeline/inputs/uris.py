@@ -101,22 +101,28 @@ def _entry_blocks(reading: ListReading) -> Iterator[list[dict[str, Any]]]:
     if reading.kind == "text":
         yield from _text_entries(retry.call(f"reading {location.uri}", functools.partial(_read_all, fs, location.path)))
         return
-    if reading.kind == "csv":
-        data = retry.call(f"reading {location.uri}", functools.partial(_read_all, fs, location.path))
-        delimiter = "\t" if location.path.lower().endswith(".tsv") else ","
-        table = pacsv.read_csv(
-            io.BytesIO(data),
-            parse_options=pacsv.ParseOptions(delimiter=delimiter),
-            convert_options=pacsv.ConvertOptions(strings_can_be_null=False, column_types=_all_text(data, delimiter)),
-        )
-        batches = table.to_batches(ENTRIES_PER_BLOCK)
-    else:
-        file = retry.call(f"opening {location.uri}", lambda: fs.open_input_file(location.path))
+    if reading.kind == "parquet":
+        yield from _parquet_entries(reading, fs)
+        return
+    data = retry.call(f"reading {location.uri}", functools.partial(_read_all, fs, location.path))
+    delimiter = "\t" if location.path.lower().endswith(".tsv") else ","
+    table = pacsv.read_csv(
+        io.BytesIO(data),
+        parse_options=pacsv.ParseOptions(delimiter=delimiter),
+        convert_options=pacsv.ConvertOptions(strings_can_be_null=False, column_types=_all_text(data, delimiter)),
+    )
+    for batch in table.to_batches(ENTRIES_PER_BLOCK):
+        yield _renamed_rows(reading, pa.Table.from_batches([batch]))
+
+
+def _parquet_entries(reading: ListReading, fs: Any) -> Iterator[list[dict[str, Any]]]:
+    """A Parquet list, a row group's worth of batches at a time, with only the columns it needs."""
+    location = reading.location
+    with reading.retry.call(f"opening {location.uri}", lambda: fs.open_input_file(location.path)) as file:
         parquet = pq.ParquetFile(file)
         columns = [c for c in _wanted_columns(reading, parquet.schema_arrow.names) if c]
-        batches = parquet.iter_batches(batch_size=ENTRIES_PER_BLOCK, columns=columns)
-    for batch in batches:
-        yield _renamed_rows(reading, pa.Table.from_batches([batch]))
+        for batch in parquet.iter_batches(batch_size=ENTRIES_PER_BLOCK, columns=columns):
+            yield _renamed_rows(reading, pa.Table.from_batches([batch]))
 
 
 def _wanted_columns(reading: ListReading, names: list[str]) -> list[str | None]:
