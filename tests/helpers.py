@@ -130,9 +130,25 @@ def remote_output_table(fs, prefix: str, columns: list[str] | None = None) -> pa
     return pads.dataset(f"{prefix}/{folder}", filesystem=fs, format="parquet").to_table(columns=columns)
 
 
+_SLOW_COMMITS = """
+import time as _time
+import pipeline.sink as _sink
+_commit = _sink._move
+def _slow_commit(*args, **kwargs):
+    _commit(*args, **kwargs)
+    _time.sleep(0.5)
+_sink._move = _slow_commit
+"""
+
+
 def kill_after_first_commit(driver: str, output: Path, ray_address: str, patience_s: float = 150) -> None:
     """Run `driver` (Python source that calls `label`) in its own process and SIGKILL it once a data file
-    is committed under `output`."""
+    is committed under `output`.
+
+    Each commit in the driver is followed by a pause, as on slow storage: on a fast machine the driver
+    may otherwise receive every row at once and commit them all between two looks at the output, and
+    the kill would land after the run instead of midway.
+    """
     import os
     import signal
     import subprocess
@@ -141,7 +157,7 @@ def kill_after_first_commit(driver: str, output: Path, ray_address: str, patienc
 
     env = {**os.environ, "RAY_ADDRESS": ray_address}
     process = subprocess.Popen(
-        [sys.executable, "-c", driver], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        [sys.executable, "-c", _SLOW_COMMITS + driver], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     deadline = time.monotonic() + patience_s
     while not list(output.glob("data-*/part-*.parquet")):
