@@ -21,8 +21,8 @@ _NORM_EPS = 1e-12
 
 @dataclass
 class WindowBatchOutput:
-    """Per-window results: logits, outlier mask and scores, all on the patch grid (`window_logits` brings a
-    window's logits to its pixel size, one window at a time so memory stays one window deep)."""
+    """Per-window results: logits, outlier mask and scores, all on the patch grid (stitch.py takes the
+    logits to the image's pixels)."""
 
     logits: torch.Tensor  # B x Q x rows x cols
     outliers: torch.Tensor  # B x n bool
@@ -125,11 +125,3 @@ def sfp_forward(
     batch = logits.shape[0]
     logits = logits.transpose(1, 2).reshape(batch, -1, *grid)
     return WindowBatchOutput(logits=logits, outliers=outliers, scores=scores.float(), grid=grid)
-
-
-def window_logits(grid_logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """One window's `Q x rows x cols` logits, bilinearly upsampled to its `size` in pixels (float32).
-
-    Per window, not per batch: a batch of 48 windows x 62 names at 224 x 224 is 600 MB of floats, where
-    one window is 12 MB; the values are the same either way (interpolation never mixes windows)."""
-    return F.interpolate(grid_logits[None].float(), size=size, mode="bilinear", align_corners=False)[0]

@@ -19,12 +19,13 @@ from .backbone import Backbone, load_backbone
 from .config import SFPConfig
 from .pamr import pamr
 from .postprocess import Thresholds, label_map
-from .purifier import sfp_forward, window_logits
+from .purifier import sfp_forward
 from .results import ImageStats, Outlier, SegmentResult
+from .stitch import DenseLogits, LogitGrid, StitchedLogits
 from .text import TextEmbeddingCache
 from .vit import ViTRunner
 from .vocabulary import Vocabulary
-from .windows import ImagePreparation, normalise, window_coverage, window_grid
+from .windows import ImagePreparation, WindowLayout, normalise
 
 _AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -33,6 +34,8 @@ _AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 class _Window:
     image: int
     index: int  # position in the image's sliding-window order
+    row: int  # row and column of windows the window sits in (WindowLayout)
+    col: int
     y1: int
     x1: int
     y2: int
@@ -152,11 +155,13 @@ class SFPSegmenter:
         self, pixels: list[torch.Tensor], sizes: list[tuple[int, int]], return_probs: bool
     ) -> list[SegmentResult]:
         """Forward the windows of all images in shape-grouped chunks; an image is finished (post-processed,
-        its logit sum freed) as soon as its last window is done, so memory holds the images of one chunk,
+        its logits freed) as soon as its last window is done, so memory holds the images of one chunk,
         not the whole batch."""
-        windows = self._windows(pixels)
+        crop, stride = self.config.slide_crop, self.config.slide_stride
+        layouts = [WindowLayout.of(p.shape[1], p.shape[2], crop, stride) for p in pixels]
+        windows = self._windows(layouts)
         pending = Counter(w.image for w in windows)
-        sums: dict[int, torch.Tensor] = {}
+        grids: dict[int, LogitGrid] = {}
         found: dict[int, _Found] = defaultdict(_Found)
         results: list[SegmentResult | None] = [None] * len(pixels)
         for chunk in self._chunks(windows):
@@ -165,16 +170,15 @@ class SFPSegmenter:
                 out = sfp_forward(self.runner, batch, self.text_features, self.config)
             self._record_outliers(chunk, out.outliers, out.scores, out.grid, pixels, sizes, found)
             for j, w in enumerate(chunk):
-                if w.image not in sums:
-                    sums[w.image] = torch.zeros(
-                        (len(self.text_features), *pixels[w.image].shape[1:]), device=self.device
-                    )
-                sums[w.image][:, w.y1 : w.y2, w.x1 : w.x2] += window_logits(out.logits[j], (w.y2 - w.y1, w.x2 - w.x1))
+                if w.image not in grids:
+                    names = len(self.text_features)
+                    grids[w.image] = LogitGrid(layouts[w.image], self.runner.patch, names, sizes[w.image], self.device)
+                grids[w.image].place(w.row, w.col, out.logits[j])
                 pending[w.image] -= 1
                 if not pending[w.image]:
-                    logits = sums.pop(w.image) / self._coverage(pixels[w.image])
+                    logits = grids.pop(w.image).stitched()
                     image_found = found.pop(w.image)
-                    results[w.image] = self._finish(logits, pixels[w.image], sizes[w.image], image_found, return_probs)
+                    results[w.image] = self._finish(logits, pixels[w.image], image_found, return_probs)
         return results
 
     # internals ------------------------------------------------------------------
@@ -192,19 +196,9 @@ class SFPSegmenter:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self._autocast_dtype)
 
-    def _windows(self, pixels: list[torch.Tensor]) -> list[_Window]:
-        crop, stride = self.config.slide_crop, self.config.slide_stride
-        return [
-            _Window(i, k, *box)
-            for i, p in enumerate(pixels)
-            for k, box in enumerate(window_grid(p.shape[1], p.shape[2], crop, stride))
-        ]
-
-    def _coverage(self, pixels: torch.Tensor) -> torch.Tensor:
-        """`H x W` count of windows over each pixel, for averaging overlapping logits."""
-        rows, cols = window_coverage(pixels.shape[1], pixels.shape[2], self.config.slide_crop, self.config.slide_stride)
-        rows_t = torch.from_numpy(rows).to(self.device, torch.float32)
-        return rows_t[:, None] * torch.from_numpy(cols).to(self.device, torch.float32)[None, :]
+    @staticmethod
+    def _windows(layouts: list[WindowLayout]) -> list[_Window]:
+        return [_Window(i, k, *box) for i, layout in enumerate(layouts) for k, box in enumerate(layout.windows())]
 
     def _chunks(self, windows: list[_Window]):
         """Windows grouped by shape, in forwards of at most `max_windows_per_forward`."""
@@ -239,18 +233,15 @@ class SFPSegmenter:
                 )
                 record.outliers.append(Outlier(w.index, w.y1, w.x1, r, c, float(scores_np[j, flat]), box))
 
-    def _finish(self, logits, pixels, size, found: _Found, return_probs) -> SegmentResult:
+    def _finish(self, logits: StitchedLogits, pixels, found: _Found, return_probs) -> SegmentResult:
         outliers = sorted(found.outliers, key=lambda o: (o.window, -o.score))
         patches, windows = found.patches, found.windows
         if self.config.pamr_steps:  # PAMR refines the whole map at once: it needs it at full size
-            if tuple(logits.shape[1:]) != tuple(size):
-                logits = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0]
-            guide = F.interpolate(pixels[None], size=size, mode="bilinear", align_corners=False)[0]
-            logits = pamr(guide, logits, self.config.pamr_steps)
+            height, width = logits.size
+            guide = F.interpolate(pixels[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+            logits = DenseLogits(pamr(guide, logits.rows(0, height), self.config.pamr_steps))
         thresholds = Thresholds(self.config.logit_scale, self.config.area_thd, self.config.prob_thd)
-        result = label_map(
-            logits, tuple(size), self._query_to_class, self.vocabulary.num_classes, thresholds, return_probs
-        )
+        result = label_map(logits, self._query_to_class, self.vocabulary.num_classes, thresholds, return_probs)
         labels, confidence, probs = result.labels, result.confidence, result.probs
         areas = torch.bincount(labels.flatten(), minlength=self.vocabulary.num_classes).cpu().numpy()
         scores = [o.score for o in outliers]

@@ -67,32 +67,41 @@ def normalise(image: torch.Tensor) -> torch.Tensor:
     return (image.permute(2, 0, 1).float() - mean) / std
 
 
-def window_coverage(height: int, width: int, crop: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
-    """How many windows cover each row and each column; windows form a grid, so a
-    pixel's count is the product of its row's and its column's."""
-    rows, cols = np.zeros(height, dtype=np.int64), np.zeros(width, dtype=np.int64)
-    for y1, x1, y2, x2 in window_grid(height, width, crop, stride):
-        if x1 == 0:
-            rows[y1:y2] += 1
-        if y1 == 0:
-            cols[x1:x2] += 1
-    return rows, cols
+def window_spans(length: int, crop: int, stride: int) -> list[tuple[int, int]]:
+    """Sliding-window spans `(start, stop)` along one axis (docs/algorithm.md section 7, item 2).
+
+    `crop = 0` is one span of the whole axis; an axis shorter than the crop is
+    one span of its own length; the last span is shifted back to end at the edge.
+    """
+    if crop == 0:
+        return [(0, length)]
+    count = max(length - crop + stride - 1, 0) // stride + 1
+    return [(max(min(i * stride + crop, length) - crop, 0), min(i * stride + crop, length)) for i in range(count)]
+
+
+@dataclass(frozen=True)
+class WindowLayout:
+    """One image's sliding windows: a grid, every row of windows over every column of windows."""
+
+    height: int
+    width: int
+    row_spans: tuple[tuple[int, int], ...]
+    col_spans: tuple[tuple[int, int], ...]
+
+    @classmethod
+    def of(cls, height: int, width: int, crop: int, stride: int) -> WindowLayout:
+        rows, cols = window_spans(height, crop, stride), window_spans(width, crop, stride)
+        return cls(height, width, tuple(rows), tuple(cols))
+
+    def windows(self) -> list[tuple[int, int, int, int, int, int]]:
+        """`(row, col, y1, x1, y2, x2)` per window in mmseg's order (rows outer, columns inner)."""
+        return [
+            (r, c, y1, x1, y2, x2)
+            for r, (y1, y2) in enumerate(self.row_spans)
+            for c, (x1, x2) in enumerate(self.col_spans)
+        ]
 
 
 def window_grid(height: int, width: int, crop: int, stride: int) -> list[tuple[int, int, int, int]]:
-    """Sliding windows `(y1, x1, y2, x2)` in mmseg's order (rows outer, columns inner).
-
-    `crop = 0` is one window of the whole image; an image smaller than the crop
-    is one window of its own size along that side.
-    """
-    if crop == 0:
-        return [(0, 0, height, width)]
-    rows = max(height - crop + stride - 1, 0) // stride + 1
-    cols = max(width - crop + stride - 1, 0) // stride + 1
-    windows = []
-    for r in range(rows):
-        for c in range(cols):
-            y2 = min(r * stride + crop, height)
-            x2 = min(c * stride + crop, width)
-            windows.append((max(y2 - crop, 0), max(x2 - crop, 0), y2, x2))
-    return windows
+    """Sliding windows `(y1, x1, y2, x2)` in mmseg's order (rows outer, columns inner)."""
+    return [w[2:] for w in WindowLayout.of(height, width, crop, stride).windows()]

@@ -19,8 +19,8 @@ from sfp_core.postprocess import (
     below_threshold_to_background,
     class_probabilities,
     label_map,
-    upsampled_rows,
 )
+from sfp_core.stitch import DenseLogits
 
 
 def test_synonyms_take_the_max_over_their_names(rng):
@@ -79,20 +79,12 @@ def test_prob_threshold_sends_unsure_pixels_to_background():
     assert below_threshold_to_background(argmax, confidence, 0.0).tolist() == [[1, 2]]
 
 
-@pytest.mark.parametrize(
-    ("source", "target"), [((7, 9), (50, 33)), ((50, 33), (7, 9)), ((16, 16), (16, 16)), ((5, 40), (123, 1))]
-)
-def test_row_bands_equal_pytorchs_bilinear_upsampling(source, target):
-    logits = torch.randn(4, *source, generator=torch.Generator().manual_seed(0))
-    whole = F.interpolate(logits[None], size=target, mode="bilinear", align_corners=False)[0]
-    for start, stop in [(0, target[0]), (0, 1), (target[0] // 2, target[0]), (target[0] - 1, target[0])]:
-        band = upsampled_rows(logits, target, start, stop)
-        torch.testing.assert_close(band, whole[:, start:stop], atol=1e-6, rtol=1e-6)
-
-
 @pytest.mark.parametrize("area_thd", [None, 0.2])
-def test_banded_label_map_equals_the_whole_image_computation(monkeypatch, area_thd):
-    """The label map built band by band (here 3 rows at a time) equals the formula applied to the whole image."""
+@pytest.mark.parametrize("whole_bytes", [0, postprocess.WHOLE_BYTES])
+def test_banded_label_map_equals_the_whole_image_computation(monkeypatch, area_thd, whole_bytes):
+    """The label map built band by band (here 3 rows at a time, probabilities computed twice for the area
+    threshold) or whole (computed once) equals the formula applied to the whole image."""
+    monkeypatch.setattr(postprocess, "WHOLE_BYTES", whole_bytes)
     monkeypatch.setattr(postprocess, "BAND_BYTES", 3 * 4 * 6 * 41)  # 3 rows of 6 names x 41 columns
     logits = torch.randn(6, 11, 13, generator=torch.Generator().manual_seed(1))
     query_to_class = torch.tensor([0, 0, 1, 2, 2, 3])
@@ -104,7 +96,7 @@ def test_banded_label_map_equals_the_whole_image_computation(monkeypatch, area_t
         probs = apply_area_threshold(probs, labels, area_thd)
         confidence, labels = probs.max(dim=0)
     labels = below_threshold_to_background(labels, confidence, 0.4)
-    banded = label_map(logits, size, query_to_class, 4, Thresholds(30.0, area_thd, 0.4), return_probs=True)
+    banded = label_map(DenseLogits(full), query_to_class, 4, Thresholds(30.0, area_thd, 0.4), return_probs=True)
     torch.testing.assert_close(banded.probs, probs, atol=1e-5, rtol=0)
     torch.testing.assert_close(banded.confidence, confidence, atol=1e-5, rtol=0)
     assert (banded.labels != labels).float().mean() < 1e-3  # equal up to ties at round-off

@@ -9,10 +9,11 @@ import torch
 from sfp_core.windows import (
     PIXEL_MEAN,
     PIXEL_STD,
+    WindowLayout,
     normalise,
     resize_image,
-    window_coverage,
     window_grid,
+    window_spans,
     working_size,
 )
 
@@ -44,8 +45,11 @@ def test_window_grid_follows_the_spec_formula(height, width):
         assert (y2 - y1) == min(224, height) and (x2 - x1) == min(224, width)  # keeps the crop size where possible
         covered[y1:y2, x1:x2] += 1
     assert covered.min() >= 1  # every pixel is seen
-    rows, cols = window_coverage(height, width, 224, 112)
-    np.testing.assert_array_equal(np.outer(rows, cols), covered)
+    layout = WindowLayout.of(height, width, 224, 112)
+    assert [(y1, x1, y2, x2) for r, c, y1, x1, y2, x2 in layout.windows()] == windows
+    for r, c, y1, x1, y2, x2 in layout.windows():  # a grid: row r and column c name the window's spans
+        assert (layout.row_spans[r], layout.col_spans[c]) == ((y1, y2), (x1, x2))
+    assert list(layout.row_spans) == window_spans(height, 224, 112)
 
 
 def test_window_grid_many_sizes_against_brute_force():
