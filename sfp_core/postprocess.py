@@ -2,11 +2,9 @@
 (docs/algorithm.md section 7).
 
 Every query name's logits over a large image cost names x H x W floats (62
-names at 6000 x 6000 is 9 GB). `label_map` takes the whole map at once when
-it fits in `WHOLE_BYTES` (most photos: 62 names at 500 x 375 is 46 MB) and
-otherwise asks its logits for one band of rows at a time (stitch.py builds
-any band alone), so memory grows with H x W only (the label map and the
-confidence map), whatever the vocabulary.
+names at 6000 x 6000 is 9 GB), so `label_map` asks its logits for one band
+of rows at a time (stitch.py makes any band alone) and memory grows with
+H x W only (the label map and the confidence map), whatever the vocabulary.
 """
 
 from __future__ import annotations
@@ -16,10 +14,12 @@ from typing import Protocol
 
 import torch
 
-# Working memory of one band of rows: names x band rows x W floats, a few times over.
-BAND_BYTES = 32 << 20
-# Up to this many bytes of names x H x W floats, the map is built whole.
-WHOLE_BYTES = 256 << 20
+# One band's names x rows x W floats. Small bands keep every temporary under glibc's 32 MB threshold,
+# above which each allocation is fresh zeroed pages from the kernel (a page fault per 4 KB).
+BAND_BYTES = 8 << 20
+# Up to this many bytes of classes x H x W floats, the area threshold's first pass keeps the bands'
+# probabilities for the second; above it they are computed again, so memory stays image-sized.
+KEEP_BYTES = 256 << 20
 
 
 def class_probabilities(logits: torch.Tensor, logit_scale: float, query_to_class: torch.Tensor, num_classes: int):
@@ -86,34 +86,30 @@ def label_map(
     thresholds: Thresholds,
     return_probs: bool = False,
 ) -> LabelMap:
-    """Labels and confidence from `names x H x W` logits, the whole image at once when it fits in
-    `WHOLE_BYTES`, else one band of rows at a time (probabilities computed twice when `area_thd` needs a
-    first pass over the whole image)."""
+    """Labels and confidence from `names x H x W` logits, made one band of rows at a time."""
     height, width = logits.size
-    names = max(logits.names, num_classes)
-    rows = height if 4 * names * height * width <= WHOLE_BYTES else max(1, BAND_BYTES // (4 * names * width))
+    rows = max(1, BAND_BYTES // (4 * max(logits.names, num_classes) * width))
     bands = [(start, min(start + rows, height)) for start in range(0, height, rows)]
 
     def band_probs(start: int, stop: int) -> torch.Tensor:
         return class_probabilities(logits.rows(start, stop), thresholds.logit_scale, query_to_class, num_classes)
 
-    whole = band_probs(0, height) if len(bands) == 1 else None
-
-    def probs_of(start: int, stop: int) -> torch.Tensor:
-        return whole if whole is not None else band_probs(start, stop)
-
-    keep = None
-    if thresholds.area_thd is not None:  # a first pass counts each class's argmax area over the whole image
-        counts = torch.zeros(num_classes, dtype=torch.long, device=query_to_class.device)
-        for start, stop in bands:
-            counts += torch.bincount(probs_of(start, stop).argmax(dim=0).flatten(), minlength=num_classes)
-        keep = area_keep(counts, thresholds.area_thd).to(torch.float32)
     device = query_to_class.device
+    keep, kept_bands = None, None
+    if thresholds.area_thd is not None:  # a first pass counts each class's argmax area over the whole image
+        counts = torch.zeros(num_classes, dtype=torch.long, device=device)
+        kept_bands = [] if 4 * num_classes * height * width <= KEEP_BYTES else None
+        for start, stop in bands:
+            band = band_probs(start, stop)
+            counts += torch.bincount(band.argmax(dim=0).flatten(), minlength=num_classes)
+            if kept_bands is not None:
+                kept_bands.append(band)
+        keep = area_keep(counts, thresholds.area_thd).to(torch.float32)
     labels = torch.empty((height, width), dtype=torch.long, device=device)
     confidence = torch.empty((height, width), dtype=torch.float32, device=device)
     probs = torch.empty((num_classes, height, width), device=device) if return_probs else None
-    for start, stop in bands:
-        band = probs_of(start, stop)
+    for index, (start, stop) in enumerate(bands):
+        band = kept_bands[index] if kept_bands is not None else band_probs(start, stop)
         if keep is not None:
             band[1:] *= keep.view(-1, 1, 1)
         confidence[start:stop], labels[start:stop] = band.max(dim=0)

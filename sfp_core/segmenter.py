@@ -29,6 +29,11 @@ from .windows import ImagePreparation, WindowLayout, normalise
 
 _AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
+# On CPU, glibc gives every allocation above 32 MB fresh pages from the kernel (zeroed, one fault
+# per 4 KB), so a forward of 48 windows of ViT-B/16 spent seconds in the kernel; under this budget
+# for the widest activation, the allocator reuses its memory (bench/sfp_throughput.py).
+CPU_FORWARD_BYTES = 16 << 20
+
 
 @dataclass(frozen=True)
 class _Window:
@@ -200,13 +205,22 @@ class SFPSegmenter:
     def _windows(layouts: list[WindowLayout]) -> list[_Window]:
         return [_Window(i, k, *box) for i, layout in enumerate(layouts) for k, box in enumerate(layout.windows())]
 
+    def windows_per_forward(self, height: int, width: int) -> int:
+        """How many windows of `height x width` pixels run through the ViT together: at most
+        `max_windows_per_forward`, and on CPU at most what keeps the widest activation under
+        `CPU_FORWARD_BYTES` (on CUDA, PyTorch's caching allocator reuses memory of any size)."""
+        limit = self.config.max_windows_per_forward
+        if self.device.type != "cpu":
+            return limit
+        return max(1, min(limit, CPU_FORWARD_BYTES // self.runner.activation_bytes(height, width)))
+
     def _chunks(self, windows: list[_Window]):
-        """Windows grouped by shape, in forwards of at most `max_windows_per_forward`."""
+        """Windows grouped by shape, in forwards of at most `windows_per_forward`."""
         by_shape: dict[tuple[int, int], list[_Window]] = defaultdict(list)
         for w in windows:
             by_shape[(w.y2 - w.y1, w.x2 - w.x1)].append(w)
-        limit = self.config.max_windows_per_forward
-        for group in by_shape.values():
+        for (height, width), group in by_shape.items():
+            limit = self.windows_per_forward(height, width)
             for start in range(0, len(group), limit):
                 yield group[start : start + limit]
 

@@ -17,7 +17,7 @@ Any band of output rows can be produced alone, so memory follows the band.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import torch
 
@@ -75,9 +75,14 @@ class StitchedLogits:
     def size(self) -> tuple[int, int]:
         return int(self.rows_op.shape[0]), int(self.cols_op.shape[0])
 
+    @cached_property
+    def _columns_done(self) -> torch.Tensor:
+        """`names x R x W`: the column side applied once, shared by every band."""
+        return self.grid @ self.cols_op.t()
+
     def rows(self, start: int, stop: int) -> torch.Tensor:
         """Output rows `start..stop` of every name: `names x (stop - start) x W` float32."""
-        return torch.matmul(self.rows_op[start:stop], self.grid @ self.cols_op.t())
+        return torch.matmul(self.rows_op[start:stop], self._columns_done)
 
 
 @dataclass(frozen=True)

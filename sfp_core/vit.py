@@ -38,6 +38,7 @@ class ViTRunner:
         self.heads = int(self.blocks[0].attn.num_heads)
         self.grid = tuple(int(g) for g in visual.grid_size)
         self._pos_cache: dict[tuple[int, int], torch.Tensor] = {}
+        self._widest = max(m.out_features for b in self.blocks for m in b.modules() if isinstance(m, nn.Linear))
 
     def positional_embedding(self, rows: int, cols: int) -> torch.Tensor:
         """Positional embedding for a `rows x cols` grid (docs/algorithm.md section 1, cached per grid)."""
@@ -71,6 +72,12 @@ class ViTRunner:
         cls = self.visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding(rows, cols).to(x.dtype)
         return self.visual.ln_pre(x), (int(rows), int(cols))
+
+    def activation_bytes(self, height: int, width: int) -> int:
+        """Bytes (fp32) of the widest activation one window of `height x width` pixels makes: its tokens
+        times the widest linear layer's output (the MLP's hidden layer in a CLIP ViT)."""
+        tokens = 1 + (height // self.patch) * (width // self.patch)
+        return 4 * tokens * self._widest
 
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
         batch, tokens, _ = x.shape

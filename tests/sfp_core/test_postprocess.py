@@ -80,11 +80,11 @@ def test_prob_threshold_sends_unsure_pixels_to_background():
 
 
 @pytest.mark.parametrize("area_thd", [None, 0.2])
-@pytest.mark.parametrize("whole_bytes", [0, postprocess.WHOLE_BYTES])
-def test_banded_label_map_equals_the_whole_image_computation(monkeypatch, area_thd, whole_bytes):
-    """The label map built band by band (here 3 rows at a time, probabilities computed twice for the area
-    threshold) or whole (computed once) equals the formula applied to the whole image."""
-    monkeypatch.setattr(postprocess, "WHOLE_BYTES", whole_bytes)
+@pytest.mark.parametrize("keep_bytes", [0, postprocess.KEEP_BYTES])
+def test_banded_label_map_equals_the_whole_image_computation(monkeypatch, area_thd, keep_bytes):
+    """The label map built band by band (here 3 rows at a time; for the area threshold the bands'
+    probabilities kept from the first pass or computed again) equals the formula on the whole image."""
+    monkeypatch.setattr(postprocess, "KEEP_BYTES", keep_bytes)
     monkeypatch.setattr(postprocess, "BAND_BYTES", 3 * 4 * 6 * 41)  # 3 rows of 6 names x 41 columns
     logits = torch.randn(6, 11, 13, generator=torch.Generator().manual_seed(1))
     query_to_class = torch.tensor([0, 0, 1, 2, 2, 3])
