@@ -19,6 +19,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -126,7 +127,12 @@ class SeaweedS3:
         raise TimeoutError(f"SeaweedFS S3 not ready on port {self.port} after {timeout}s: {self.log_tail()}")
 
     def _ready(self) -> bool:
-        """S3 answers, and answers a signed request: create and delete a probe bucket."""
+        """S3 answers a signed request, and what was stored before a restart can be read again.
+
+        Creating a bucket needs only the filer; reading an object also needs the volume server to have
+        reported its volumes to the master, which after a restart on a loaded machine came seconds later
+        (GetObject answered INTERNAL_FAILURE meanwhile), so one object of every bucket is read too.
+        """
         try:
             urllib.request.urlopen(self.endpoint_url, timeout=2)
         except urllib.error.HTTPError:
@@ -135,11 +141,20 @@ class SeaweedS3:
             return False
         try:
             fs = self.filesystem(allow_bucket_creation=True, allow_bucket_deletion=True)
+            for bucket in fs.get_file_info(pafs.FileSelector("")):
+                first = next(self._objects(fs, bucket.path), None)
+                if first is not None:
+                    fs.open_input_stream(first).read(1)
             fs.create_dir("probe")
             fs.delete_dir("probe")
         except OSError:
             return False
         return True
+
+    @staticmethod
+    def _objects(fs: pafs.S3FileSystem, bucket: str) -> Iterator[str]:
+        selector = pafs.FileSelector(bucket, recursive=True)
+        return (info.path for info in fs.get_file_info(selector) if info.type == pafs.FileType.File)
 
     def filesystem(self, **extra: object) -> pafs.S3FileSystem:
         return pafs.S3FileSystem(
