@@ -20,6 +20,7 @@ Writes bench/results/pipeline_throughput.json and prints a markdown table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -35,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 RESULTS = Path(__file__).parent / "results" / "pipeline_throughput.json"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 CLASSES = [["background", "sky", "wall"], ["cat"], ["dog"], ["person"], ["car"]]
 MEMORY_CONFIG = {"short_side": 64, "slide_crop": 0}  # one small window per image: the model is not under test
 
@@ -62,26 +64,76 @@ def _rss(pid: str = "self") -> int:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _processes() -> dict[str, tuple[bytes, float]]:
+    """Every process on the machine: pid -> (command line, CPU seconds used so far, user + system)."""
+    found = {}
+    for pid in (name for name in os.listdir("/proc") if name.isdigit()):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline, open(f"/proc/{pid}/stat") as stat:
+                command, fields = cmdline.read(), stat.read().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        found[pid] = (command, (int(fields[11]) + int(fields[12])) / CLOCK_TICKS)
+    return found
+
+
 def _actor_rss() -> int:
     """Resident memory of the SFP actor processes (Ray titles them `ray::...SFPPredictor...`), summed."""
     total = 0
-    for pid in (name for name in os.listdir("/proc") if name.isdigit()):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-                if b"SFPPredictor" in cmdline.read():
-                    total += _rss(pid)
-        except OSError:  # the process ended meanwhile
-            continue
+    for pid, (command, _) in _processes().items():
+        if b"SFPPredictor" in command:
+            with contextlib.suppress(OSError):  # the process ended meanwhile
+                total += _rss(pid)
     return total
 
 
+def _group(command: bytes) -> str:
+    """Which part of the run a process is (Ray titles its workers `ray::<task or actor>`)."""
+    if command.startswith(b"ray::MapWorker") and b"SFPPredictor" in command:
+        return "SFP actor"
+    if command.startswith(b"ray::") and b"MapBatches" in command:
+        return "read / decode / encode tasks"
+    if command.startswith(b"ray::IDLE"):
+        return "idle Ray workers"
+    if command.startswith(b"ray::") or b"/ray/" in command:
+        return "Ray's own processes (raylet, GCS, agents, Ray Data's actors)"
+    return "rest of the machine"
+
+
+class CpuAccount:
+    """CPU seconds each part of the run used, from /proc samples: for every process, its last sample minus
+    its first (a process that started during the run counts from 0), under the last task title it was seen
+    with (Ray retitles a pooled worker for each task and back to IDLE after). The sampling itself is
+    counted in the driver (a few tenths of a second per minute)."""
+
+    def __init__(self) -> None:
+        self.driver = os.getpid()
+        self.first = {pid: cpu for pid, (_, cpu) in _processes().items()}
+        self.last: dict[str, tuple[bytes, float]] = {}
+
+    def sample(self) -> None:
+        for pid, (command, cpu) in _processes().items():
+            self.first.setdefault(pid, 0.0)
+            if command.startswith(b"ray::IDLE") and pid in self.last:  # back in the pool after a task
+                command = self.last[pid][0]
+            self.last[pid] = (command, cpu)
+
+    def by_part(self) -> dict[str, float]:
+        parts: dict[str, float] = {}
+        for pid, (command, cpu) in self.last.items():
+            part = "driver (label(), the writer)" if int(pid) == self.driver else _group(command)
+            parts[part] = round(parts.get(part, 0.0) + cpu - self.first[pid], 1)
+        return dict(sorted(parts.items(), key=lambda item: -item[1]))
+
+
 class PeakRSS:
-    """Samples the driver's resident memory (Linux /proc) every 20 ms, and the SFP actors' every 0.5 s;
-    `peak` and `actor_peak` are the highest seen."""
+    """Samples the driver's resident memory (Linux /proc) every 20 ms, and every 0.5 s the SFP actors'
+    memory and every process's CPU time; `peak` and `actor_peak` are the highest seen, `cpu` the account."""
 
     def __init__(self) -> None:
         self.peak = self.current()
         self.actor_peak = 0
+        self.cpu = CpuAccount()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -96,6 +148,7 @@ class PeakRSS:
             ticks += 1
             if ticks % 25 == 0:
                 self.actor_peak = max(self.actor_peak, _actor_rss())
+                self.cpu.sample()
 
     def __enter__(self) -> PeakRSS:
         self._thread.start()
@@ -105,16 +158,21 @@ class PeakRSS:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, self.current())
+        self.cpu.sample()
 
 
 def child_bare(spec: dict) -> dict:
+    """Decode + `segment` in one process. The clock starts before torch is imported, as the pipeline's
+    does before its actor process imports it (the pipeline's driver never imports torch)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_before = usage.ru_utime + usage.ru_stime
+    start = time.perf_counter()
     import torch
     from PIL import Image, ImageOps
 
     from sfp_core import SFPConfig, SFPSegmenter, Vocabulary
 
     paths = sorted(Path(spec["corpus"]).glob("*.jpg"))[: spec["images"]]
-    start = time.perf_counter()
     segmenter = SFPSegmenter.from_pretrained(spec["arch"], "random", Vocabulary(CLASSES), SFPConfig(**spec["config"]))
     loaded = time.perf_counter()
     for first in range(0, len(paths), spec["batch_size"]):
@@ -124,8 +182,10 @@ def child_bare(spec: dict) -> dict:
         ]
         segmenter.segment(images)
     done = time.perf_counter()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     return {
         "images": len(paths),
+        "cpu_s": usage.ru_utime + usage.ru_stime - cpu_before,
         "load_s": loaded - start,
         "run_s": done - loaded,
         "e2e_s": done - start,
@@ -166,6 +226,8 @@ def child_pipeline(spec: dict) -> dict:
         "driver_growth_mb": (rss.peak - before) / 2**20,
         "driver_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "actor_peak_rss_mb": rss.actor_peak / 2**20,
+        "cpu_s": rss.cpu.by_part(),
+        "cpu_capacity_s": (os.cpu_count() or 1) * (done - start),
     }
 
 
@@ -226,6 +288,7 @@ def main() -> None:
     parser.add_argument("--max-load", type=float, default=None, help="wait for the 1-min load average to drop below")
     parser.add_argument("--workdir", default=None, help="where corpora and outputs go (default: a temp dir)")
     parser.add_argument("--timeout", type=float, default=3600)
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where the JSON goes")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -283,8 +346,8 @@ def main() -> None:
         results["driver_memory"].append({"images": count, **run_child("pipeline", spec, args.timeout, args.max_load)})
         print(json.dumps(results["driver_memory"][-1]), file=sys.stderr, flush=True)
 
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2))
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(results, indent=2))
     print(markdown(results))
 
 
@@ -313,6 +376,7 @@ def markdown(results: dict) -> str:
             lines.append(
                 f"| {stage['name']} | {stage['tasks']} | {stage['seconds']:.1f} | {stage['share_of_wall']:.0%} |"
             )
+        lines += cpu_table(row)
     if results["driver_memory"]:
         lines += [
             "",
@@ -325,6 +389,26 @@ def markdown(results: dict) -> str:
                 f"| {row['driver_peak_rss_mb']:.0f} MiB | {row['driver_growth_mb']:+.0f} MiB |"
             )
     return "\n".join(lines)
+
+
+def cpu_table(row: dict) -> list[str]:
+    """Who used the cores: the pipeline's CPU seconds by part beside the bare run's."""
+    piped, bare = row["pipeline"], row["bare"]
+    if "cpu_s" not in piped or "cpu_s" not in bare:
+        return []
+    capacity = piped["cpu_capacity_s"]
+    lines = [
+        "",
+        f"CPU seconds of the pipeline run ({capacity:.0f} core-seconds available: {os.cpu_count()} cores x "
+        f"{piped['e2e_s']:.1f} s) and of the bare run ({bare['e2e_s']:.1f} s):",
+        "",
+        "| part | CPU s | cores busy on average |",
+        "|---|---|---|",
+    ]
+    for part, seconds in piped["cpu_s"].items():
+        lines.append(f"| {part} | {seconds:.1f} | {seconds / piped['e2e_s']:.2f} |")
+    lines.append(f"| bare run, whole process | {bare['cpu_s']:.1f} | {bare['cpu_s'] / bare['e2e_s']:.2f} |")
+    return lines
 
 
 if __name__ == "__main__":
