@@ -101,7 +101,9 @@ def label_map(
         kept_bands = [] if 4 * num_classes * height * width <= KEEP_BYTES else None
         for start, stop in bands:
             band = band_probs(start, stop)
-            counts += torch.bincount(band.argmax(dim=0).flatten(), minlength=num_classes)
+            # max(dim=0).indices is argmax (the first maximum, NaN included) in a seventh of the time:
+            # PyTorch's CPU argmax over a leading dimension takes a slow path (5.5 vs 0.8 ms per band)
+            counts += torch.bincount(band.max(dim=0).indices.flatten(), minlength=num_classes)
             if kept_bands is not None:
                 kept_bands.append(band)
         keep = area_keep(counts, thresholds.area_thd).to(torch.float32)
