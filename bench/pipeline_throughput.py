@@ -77,10 +77,10 @@ def _processes() -> dict[str, tuple[bytes, float]]:
     return found
 
 
-def _actor_rss() -> int:
+def _actor_rss(processes: dict[str, tuple[bytes, float]]) -> int:
     """Resident memory of the SFP actor processes (Ray titles them `ray::...SFPPredictor...`), summed."""
     total = 0
-    for pid, (command, _) in _processes().items():
+    for pid, (command, _) in processes.items():
         if b"SFPPredictor" in command:
             with contextlib.suppress(OSError):  # the process ended meanwhile
                 total += _rss(pid)
@@ -111,8 +111,8 @@ class CpuAccount:
         self.first = {pid: cpu for pid, (_, cpu) in _processes().items()}
         self.last: dict[str, tuple[bytes, float]] = {}
 
-    def sample(self) -> None:
-        for pid, (command, cpu) in _processes().items():
+    def sample(self, processes: dict[str, tuple[bytes, float]]) -> None:
+        for pid, (command, cpu) in processes.items():
             self.first.setdefault(pid, 0.0)
             if command.startswith(b"ray::IDLE") and pid in self.last:  # back in the pool after a task
                 command = self.last[pid][0]
@@ -146,9 +146,10 @@ class PeakRSS:
         while not self._stop.wait(0.02):
             self.peak = max(self.peak, self.current())
             ticks += 1
-            if ticks % 25 == 0:
-                self.actor_peak = max(self.actor_peak, _actor_rss())
-                self.cpu.sample()
+            if ticks % 25 == 0:  # one scan of /proc serves both
+                processes = _processes()
+                self.actor_peak = max(self.actor_peak, _actor_rss(processes))
+                self.cpu.sample(processes)
 
     def __enter__(self) -> PeakRSS:
         self._thread.start()
@@ -158,7 +159,7 @@ class PeakRSS:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, self.current())
-        self.cpu.sample()
+        self.cpu.sample(_processes())
 
 
 def child_bare(spec: dict) -> dict:
