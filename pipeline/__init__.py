@@ -26,6 +26,7 @@ from .errors import (
 )
 from .inputs.sources import read_source
 from .output import (
+    DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_MAX_PIXELS,
     RUN_FAILED,
     RUN_RUNNING,
@@ -65,6 +66,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_EXTENSIONS",
+    "DEFAULT_MAX_IMAGE_BYTES",
     "DEFAULT_MAX_PIXELS",
     "RUN_FAILED",
     "RUN_RUNNING",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from sfp_core import BusyError, RetryableError, UserError
+from sfp_core import BusyError, RetryableError, UnsupportedURI, UserError
 
 
 class InputNotFound(UserError, FileNotFoundError):
@@ -24,8 +24,9 @@ class InputUnusable(UserError, ValueError):
     its image column."""
 
 
-class UnsupportedStorage(UserError, ValueError):
-    """A URI names storage the pipeline cannot use as a folder (an archive, a web page)."""
+# A URI names a protocol we do not read or write, or chains several (`simplecache::http://`): the rule and
+# its error live in sfp_core (`sfp_core.check_uri`), which the weights share; the pipeline's name for it.
+UnsupportedStorage = UnsupportedURI
 
 
 class ForeignFilesInOutput(UserError):

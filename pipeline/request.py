@@ -15,9 +15,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from sfp_core import SFPConfig, Vocabulary
+from sfp_core import SFPConfig, Vocabulary, check_uri, is_uri
 
-from .output import DEFAULT_MAX_PIXELS, SCHEMA, LabelIdentity
+from .output import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_PIXELS, SCHEMA, LabelIdentity
 from .storage import Redactor, public_uri
 
 # What Pillow decodes and people store; matched case-insensitively (`IMG_0001.JPG`).
@@ -59,9 +59,18 @@ class Source(RequestSection):
         description="extra output columns: name -> member (txt, json.url) or source column; stored as text",
     )
     allow_empty: bool = Field(False, description="an input without images is fine (an inbox); else refused")
+    max_image_bytes: int = Field(
+        DEFAULT_MAX_IMAGE_BYTES, ge=1, description="an encoded image over this many bytes gets an error row, unread"
+    )
     storage_options: dict[str, Any] = Field(
         default_factory=dict, repr=False, description="fsspec options; never secrets"
     )
+
+    @field_validator("uri")
+    @classmethod
+    def _supported_uri(cls, value: str) -> str:
+        check_uri(value, "input")
+        return value
 
     @model_validator(mode="before")
     @classmethod
@@ -124,6 +133,12 @@ class Destination(RequestSection):
         default_factory=dict, repr=False, description="fsspec options; never secrets"
     )
 
+    @field_validator("uri")
+    @classmethod
+    def _supported_uri(cls, value: str) -> str:
+        check_uri(value, "output")
+        return value
+
     @property
     def incremental(self) -> bool:
         return self.mode == "incremental"
@@ -138,6 +153,13 @@ class ModelChoice(RequestSection):
     storage_options: dict[str, Any] = Field(
         default_factory=dict, repr=False, description="for a weights URI; as in input"
     )
+
+    @field_validator("weights")
+    @classmethod
+    def _supported_uri(cls, value: str) -> str:
+        if is_uri(value):
+            check_uri(value, "weights")
+        return value
 
 
 class Resources(RequestSection):

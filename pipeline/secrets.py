@@ -13,6 +13,8 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+from sfp_core import URI_WITH_PASSWORD
+
 REDACTED = "<redacted>"
 
 # Option names (lower case, "-" read as "_") that hold a credential whatever else they say ...
@@ -48,7 +50,7 @@ _SECRET_VALUES = {
     "a Slack token": re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}"),
     "a Google API key": re.compile(r"\bAIza[0-9A-Za-z_\-]{35}\b"),
     "a JSON web token": re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"),
-    "a URL with a password": re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]+:[^/\s@]+@"),
+    "a URL with a password": URI_WITH_PASSWORD,
     "a signed URL": re.compile(r"(?i)(?:x-amz-signature|x-amz-security-token|x-goog-signature|[?&]sig)="),
     "a storage account key": re.compile(r"(?i)\baccountkey="),
 }

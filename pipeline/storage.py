@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import posixpath
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,17 +24,13 @@ from urllib.parse import quote, unquote, urlsplit
 import pyarrow.fs as pafs
 from fsspec import AbstractFileSystem
 
-from .errors import UnsupportedStorage
+from sfp_core import check_uri, public_uri, user_info, without_user_info
+
 from .secrets import MIN_REDACTED_LENGTH, REDACTED, holds_secret, secret_value_kind, secret_values
 
-# fsspec protocols that are archives or single documents, not folders: listing them loses or invents entries.
-_NOT_FOLDERS = frozenset({"zip", "tar", "libarchive", "reference", "http", "https", "github", "git"})
 # What a URI built from a path keeps unquoted (RFC 3986 path characters, minus those that start a query,
 # a fragment or an escape).
 _PATH_SAFE = "/!$&'()*+,;=:@-._~"
-
-# `scheme://user:password@` in any text: the user info goes, whoever's it is.
-_URI_USER_INFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s:@]+:[^/\s@]+@")
 
 # Loggers that write whole requests, the Authorization header (with the access key id) included, at DEBUG.
 _REQUEST_LOGGERS = ("botocore.endpoint",)
@@ -71,21 +66,6 @@ def public_options(options: dict[str, Any] | None) -> dict[str, Any]:
     return scrub(dict(options or {}))
 
 
-def public_uri(uri: str) -> str:
-    """The URI without user info (`key:secret@`), query string or fragment."""
-    parts = urlsplit(uri)
-    if not parts.scheme or len(parts.scheme) == 1:  # a local path (or a Windows drive letter)
-        return uri
-    try:
-        port = parts.port
-    except ValueError:  # not host:port at all (zip://member::archive): drop everything up to the last "@"
-        return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
-    host = parts.hostname or ""
-    if port:
-        host = f"{host}:{port}"
-    return f"{parts.scheme}://{host}{parts.path}"
-
-
 @dataclass(frozen=True)
 class Redactor:
     """Replaces known secret values in text that is about to be logged or stored."""
@@ -97,15 +77,15 @@ class Redactor:
         """Redacts the credentials in these options, in the environment and in the URIs' user info."""
         found = secret_values(*option_sets)
         for uri in uris:
-            parts = urlsplit(uri)
-            found.update(p for p in (parts.username, parts.password) if p and len(p) >= MIN_REDACTED_LENGTH)
+            for part in user_info(uri):
+                found.update(p for p in (part, quote(part, safe="")) if len(p) >= MIN_REDACTED_LENGTH)
         # Longest first, so a secret containing another is replaced whole.
         return cls(tuple(sorted(found, key=len, reverse=True)))
 
     def __call__(self, text: str) -> str:
         for secret in self.secrets:
             text = text.replace(secret, "***")
-        return _URI_USER_INFO.sub(r"\1***@", text)
+        return without_user_info(text)
 
     def __repr__(self) -> str:
         return f"Redactor({len(self.secrets)} secrets)"
@@ -148,11 +128,14 @@ class Location:
     given_uri: str = field(default="", repr=False, compare=False)  # for fsspec schemes
 
     @classmethod
-    def parse(cls, uri: str, storage_options: dict[str, Any] | None = None) -> Location:
+    def parse(cls, uri: str, storage_options: dict[str, Any] | None = None, what: str = "storage") -> Location:
+        """The location a URI names; UnsupportedURI (naming `what`) for a chained URL or a protocol we do not
+        support, before anything is opened."""
         options = dict(storage_options or {})
-        parts = urlsplit(uri)
-        scheme = parts.scheme.lower()
-        if not scheme or len(scheme) == 1:  # a plain local path
+        scheme = check_uri(uri, what)
+        user, password = user_info(uri)
+        parts = urlsplit(public_uri(uri))
+        if scheme is None:  # a plain local path
             return cls("file", _local_path(uri), options)
         if scheme == "file":
             return cls("file", _local_path(parts.netloc + parts.path), options)
@@ -162,17 +145,12 @@ class Location:
             path = posixpath.normpath(f"{parts.hostname}/{parts.path.lstrip('/')}").rstrip("/")
             if path.startswith(".."):
                 raise ValueError(f"{public_uri(uri)}: the path leaves the bucket")
-            if parts.username or parts.password:
-                options.setdefault("key", parts.username)
-                options.setdefault("secret", parts.password)
+            if user or password:
+                options.setdefault("key", user)
+                options.setdefault("secret", password)
             if scheme.startswith("s3"):
                 return cls("s3", path, _with_environment_endpoint(options))
             return cls("gs", path, options)
-        if scheme in _NOT_FOLDERS:
-            raise UnsupportedStorage(
-                f"{public_uri(uri)}: {scheme}:// is not a folder of files the pipeline can list and write; "
-                "extract the archive to a folder or a bucket first"
-            )
         import fsspec
 
         _, path = fsspec.core.url_to_fs(uri, **options)
@@ -217,6 +195,7 @@ def path_of_uri(uri: str, storage_options: dict[str, Any] | None = None) -> tupl
     scheme, sep, quoted = uri.partition("://")
     if not sep:
         raise ValueError(f"{uri!r} is not a URI")
+    check_uri(uri, "image")
     path = unquote(quoted)
     if scheme == "file":
         return Location("file", "/", dict(storage_options or {})), path

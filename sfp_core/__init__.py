@@ -13,6 +13,17 @@ from typing import TYPE_CHECKING, Any
 from .config import PRESETS, SFPConfig
 from .errors import BusyError, RetryableError, SFPLabelError, UserError
 from .results import ImageStats, Outlier, SegmentResult
+from .uris import (
+    SUPPORTED_PROTOCOLS,
+    URI_WITH_PASSWORD,
+    UnsupportedURI,
+    check_uri,
+    has_user_password,
+    is_uri,
+    public_uri,
+    user_info,
+    without_user_info,
+)
 from .vocabulary import Vocabulary, VocabularyError, mask_dtype_for
 
 if TYPE_CHECKING:
@@ -36,6 +47,8 @@ _HEAVY = {
 
 __all__ = [
     "PRESETS",
+    "SUPPORTED_PROTOCOLS",
+    "URI_WITH_PASSWORD",
     "BusyError",
     "ImagePreparation",
     "ImageStats",
@@ -46,6 +59,7 @@ __all__ = [
     "SFPSegmenter",
     "SegmentResult",
     "UnknownArchitecture",
+    "UnsupportedURI",
     "UserError",
     "Vocabulary",
     "VocabularyError",
@@ -53,9 +67,15 @@ __all__ = [
     "WeightsUnavailable",
     "arch_depth",
     "arch_patch_size",
+    "check_uri",
     "check_weights",
+    "has_user_password",
+    "is_uri",
     "mask_dtype_for",
     "prepare_image",
+    "public_uri",
+    "user_info",
+    "without_user_info",
 ]
 
 

@@ -12,11 +12,11 @@ import open_clip
 import torch
 
 from .errors import UserError
+from .uris import check_uri, is_uri
 from .weights import (
     WeightsError,
     cached_or_reachable,
     fetch_uri,
-    is_uri,
     read_checkpoint,
     regular_file,
     remote_fingerprint,
@@ -143,7 +143,7 @@ def check_weights(
     if weights == "random":
         return
     if is_uri(weights):
-        if weights.startswith("file://"):
+        if check_uri(weights, "weights") == "file":
             regular_file(weights[len("file://") :], weights)
         else:
             remote_fingerprint(weights, storage_options)

@@ -23,6 +23,7 @@ import torch
 
 from .errors import RetryableError, UserError
 from .torchscript import ArchiveError, is_torchscript_archive, read_archive_tensors
+from .uris import check_uri, public_uri, without_user_info
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +55,6 @@ class Checkpoint:
 def default_cache_dir() -> Path:
     root = os.environ.get("SFP_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "sfp")
     return Path(root)
-
-
-def is_uri(weights: str) -> bool:
-    return "://" in weights
 
 
 def regular_file(path: str | Path, label: str | None = None) -> Path:
@@ -101,7 +98,7 @@ def fetch_uri(uri: str, storage_options: dict[str, Any] | None, cache_dir: Path 
     ETag), so a replaced object is fetched again. Writes go to a temp file and
     are renamed into place, so concurrent workers never read half a file.
     """
-    if uri.startswith("file://"):
+    if check_uri(uri, "weights") == "file":
         return regular_file(uri[len("file://") :], uri)
     fs, path, fingerprint = remote_fingerprint(uri, storage_options)
     key = hashlib.sha256(f"{uri}\n{fingerprint}".encode()).hexdigest()[:24]
@@ -110,7 +107,7 @@ def fetch_uri(uri: str, storage_options: dict[str, Any] | None, cache_dir: Path 
     if target.exists():
         return target
     target_dir.mkdir(parents=True, exist_ok=True)
-    log.info("fetching weights %s into %s", uri, target)
+    log.info("fetching weights %s into %s", public_uri(uri), target)
     fd, tmp = tempfile.mkstemp(dir=target_dir, prefix="_partial-")
     try:
         with os.fdopen(fd, "wb") as out, fs.open(path, "rb") as src:
@@ -119,7 +116,9 @@ def fetch_uri(uri: str, storage_options: dict[str, Any] | None, cache_dir: Path 
         os.replace(tmp, target)
     except Exception as exc:
         Path(tmp).unlink(missing_ok=True)
-        raise WeightsUnavailable(f"cannot download weights {uri}: {type(exc).__name__}: {exc}") from exc
+        raise WeightsUnavailable(
+            f"cannot download weights {public_uri(uri)}: {type(exc).__name__}: {without_user_info(str(exc))}"
+        ) from exc
     return target
 
 
@@ -127,15 +126,21 @@ def remote_fingerprint(uri: str, storage_options: dict[str, Any] | None) -> tupl
     """(fsspec filesystem, path, fingerprint) of a remote checkpoint: one HEAD, nothing downloaded."""
     import fsspec
 
+    check_uri(uri, "weights")
     try:
         fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
         return fs, path, fs.ukey(path)
     except FileNotFoundError as exc:
-        raise WeightsError(f"weights {uri} not found") from exc
+        raise WeightsError(f"weights {public_uri(uri)} not found") from exc
     except PermissionError as exc:
-        raise WeightsError(f"weights {uri}: access denied ({exc}); check the credentials in the environment") from exc
+        raise WeightsError(
+            f"weights {public_uri(uri)}: access denied ({without_user_info(str(exc))}); "
+            "check the credentials in the environment"
+        ) from exc
     except Exception as exc:
-        raise WeightsUnavailable(f"cannot reach weights {uri}: {type(exc).__name__}: {exc}") from exc
+        raise WeightsUnavailable(
+            f"cannot reach weights {public_uri(uri)}: {type(exc).__name__}: {without_user_info(str(exc))}"
+        ) from exc
 
 
 def _is_safetensors(head: bytes) -> bool:

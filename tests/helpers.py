@@ -21,7 +21,10 @@ TINY_ARCH = "SFP-Tiny-16"  # sfp_core's own test architecture: 12 blocks, width 
 
 # Each section's fields by their flat keyword; "<section>_storage_options" names each storage_options.
 _SECTIONS: dict[str, tuple[type, tuple[str, ...]]] = {
-    "input": (Source, ("format", "extensions", "image_column", "id_column", "fields", "allow_empty")),
+    "input": (
+        Source,
+        ("format", "extensions", "image_column", "id_column", "fields", "allow_empty", "max_image_bytes"),
+    ),
     "output": (
         Destination,
         (

@@ -11,11 +11,13 @@ import yaml
 from fsspec import AbstractFileSystem
 
 from pipeline import SECRET_ADVICE, find_secrets, fsspec_options
-from sfp_core import UserError
+from sfp_core import UserError, check_uri
 
 
 def open_location(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[AbstractFileSystem, str]:
-    """The filesystem and root path of `uri` (a relative local path becomes absolute)."""
+    """The filesystem and root path of `uri` (a relative local path becomes absolute); chained URLs and
+    protocols we do not support are refused before anything is opened."""
+    check_uri(uri, "storage")
     fs, path = fsspec.core.url_to_fs(uri, **fsspec_options(uri, storage_options))
     return fs, path.rstrip("/")
 

@@ -83,19 +83,30 @@ class InputReader:
         if self.per_image_plan:
             small = plan.repartition(target_num_rows_per_block=READ_BATCH_ROWS)  # many read tasks, not one
             if source.format == "files":
-                reading = {"location": location, "redact": self.redact, "retry": self.retry}
+                reading = {
+                    "location": location,
+                    "redact": self.redact,
+                    "retry": self.retry,
+                    "max_bytes": source.max_image_bytes,
+                }
                 return small.map_batches(read_files, batch_size=READ_BATCH_ROWS, fn_kwargs=reading, **cpu)
             reading = {"reading": self._list_reading(location)}
             return small.map_batches(read_listed, batch_size=READ_BATCH_ROWS, fn_kwargs=reading, **cpu)
         units = plan.repartition(target_num_rows_per_block=1)  # one shard or row group per task
         if source.format == "webdataset":
             shard_reading = ShardReading(
-                location, tuple(source.extensions), dict(source.fields), self.redact, self.retry
+                location, tuple(source.extensions), dict(source.fields), self.redact, self.retry, source.max_image_bytes
             )
             kwargs = {"reading": shard_reading, "known": known, "ledger": ledger}
             return units.map_batches(read_shards, batch_size=1, fn_kwargs=kwargs, **cpu)
         table_reading = TableReading(
-            location, source.image_column, source.id_column, dict(source.fields), self.redact, self.retry
+            location,
+            source.image_column,
+            source.id_column,
+            dict(source.fields),
+            self.redact,
+            self.retry,
+            source.max_image_bytes,
         )
         kwargs = {"reading": table_reading, "known": known, "ledger": ledger}
         return units.map_batches(read_row_groups, batch_size=1, fn_kwargs=kwargs, **cpu)
@@ -103,4 +114,6 @@ class InputReader:
     def _list_reading(self, location: Location) -> ListReading:
         source = self.source
         options = dict(source.storage_options)
-        return ListReading(location, source.id_column, dict(source.fields), options, self.redact, self.retry)
+        return ListReading(
+            location, source.id_column, dict(source.fields), options, self.redact, self.retry, source.max_image_bytes
+        )

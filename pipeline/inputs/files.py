@@ -22,7 +22,7 @@ import pyarrow.fs as pafs
 import ray
 
 from ..errors import InputNotFound, StorageUnavailable
-from ..output import REASON_UNREADABLE, is_hidden, is_hidden_path
+from ..output import DEFAULT_MAX_IMAGE_BYTES, REASON_OVER_BYTE_LIMIT, REASON_UNREADABLE, is_hidden, is_hidden_path
 from ..retry import Retry
 from ..storage import Location, Redactor
 from ..walk import Listed, walk_local
@@ -114,14 +114,16 @@ def _extension(name: str) -> str:
     return posixpath.splitext(name)[1].lower().lstrip(".")
 
 
-def read_files(batch: pa.Table, *, location: Location, redact: Redactor, retry: Retry) -> pa.Table:
+def read_files(
+    batch: pa.Table, *, location: Location, redact: Redactor, retry: Retry, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+) -> pa.Table:
     """Listing rows -> `(image_id, uri, data, error)`; a file that cannot be read gets `error`, not an exception.
 
     Transient failures are retried; raises StorageUnavailable if the storage stays away.
     """
     paths = batch.column("path").to_pylist()
     wanted = [(location, path, error) for path, error in zip(paths, batch.column("error").to_pylist(), strict=True)]
-    fetched = fetch_files(wanted, redact, retry)
+    fetched = fetch_files(wanted, redact, retry, max_bytes)
     return pa.table(
         {
             "image_id": batch.column("image_id"),
@@ -133,24 +135,31 @@ def read_files(batch: pa.Table, *, location: Location, redact: Redactor, retry: 
 
 
 def fetch_files(
-    wanted: list[tuple[Location, str, str | None]], redact: Redactor, retry: Retry
+    wanted: list[tuple[Location, str, str | None]], redact: Redactor, retry: Retry, max_bytes: int
 ) -> list[tuple[bytes | None, str | None]]:
-    """`(storage, path, known error)` -> `(bytes, None)` or `(None, why)`, several files at once."""
+    """`(storage, path, known error)` -> `(bytes, None)` or `(None, why)`, several files at once. A file over
+    `max_bytes` is refused from its size, and no more than `max_bytes + 1` bytes of any file are read (a size
+    that lies, as a device's does, changes nothing)."""
 
-    def read(location: Location, path: str) -> bytes:
-        with location.filesystem().open_input_stream(path) as stream:
-            return stream.read()
+    def read(location: Location, path: str) -> bytes | None:
+        """The file's bytes, or None when it holds more than `max_bytes`."""
+        with location.filesystem().open_input_file(path) as file:
+            data = file.read(max_bytes + 1) if file.size() <= max_bytes else None
+        return data if data is not None and len(data) <= max_bytes else None
 
     def fetch(item: tuple[Location, str, str | None]) -> tuple[bytes | None, str | None]:
         location, path, error = item
         if error is not None:
             return None, error
         try:
-            return retry.call(f"reading {location.uri_of(path)}", functools.partial(read, location, path)), None
+            data = retry.call(f"reading {location.uri_of(path)}", functools.partial(read, location, path))
         except StorageUnavailable:
             raise  # the run's problem, not this file's
         except Exception as exc:  # any other failure to fetch is this file's problem, not the block's
             return None, redact(f"{REASON_UNREADABLE}: {type(exc).__name__}: {exc}")
+        if data is None:
+            return None, f"{REASON_OVER_BYTE_LIMIT}: the file holds more than {max_bytes} bytes (the limit)"
+        return data, None
 
     with ThreadPoolExecutor(max_workers=min(READ_THREADS, max(len(wanted), 1))) as pool:
         return list(pool.map(fetch, wanted))

@@ -15,6 +15,7 @@ import pyarrow as pa
 import ray
 
 READ_BATCH_ROWS = 16  # rows per block leaving a read task: small, so decoding spreads over many tasks
+READ_BATCH_BYTES = 64 << 20  # ... and a block is cut sooner when its images reach this many bytes
 
 
 def read_schema(kept_fields: Sequence[str]) -> pa.Schema:
@@ -48,6 +49,7 @@ class SampleBatcher:
     samples: int = 0  # every sample seen, skipped ones included
     emitted: int = 0
     _rows: list[tuple] = field(default_factory=list)
+    _bytes: int = 0
 
     def add(
         self, image_id: str, uri: str, data: bytes | None, error: str | None, values: Sequence[str | None] = ()
@@ -58,7 +60,8 @@ class SampleBatcher:
             return
         self.emitted += 1
         self._rows.append((image_id, uri, data, error, *(values or (None,) * len(self.fields))))
-        if len(self._rows) >= READ_BATCH_ROWS:
+        self._bytes += len(data or b"")
+        if len(self._rows) >= READ_BATCH_ROWS or self._bytes >= READ_BATCH_BYTES:
             yield self.flush()
 
     def finish(self) -> Iterator[pa.Table]:
@@ -67,6 +70,6 @@ class SampleBatcher:
 
     def flush(self) -> pa.Table:
         columns = list(zip(*self._rows, strict=True))
-        self._rows = []
+        self._rows, self._bytes = [], 0
         schema = read_schema(self.fields)
         return pa.table([pa.array(column, f.type) for column, f in zip(columns, schema, strict=True)], schema=schema)

@@ -38,10 +38,11 @@ import ray
 
 from ..errors import StorageUnavailable
 from ..output import (
+    DEFAULT_MAX_IMAGE_BYTES,
     REASON_CORRUPT,
     REASON_DUPLICATE,
     REASON_NO_IMAGE,
-    REASON_TOO_LARGE,
+    REASON_OVER_BYTE_LIMIT,
     REASON_TRUNCATED,
     REASON_UNREADABLE,
     REASON_UNSAFE,
@@ -55,7 +56,6 @@ from .samples import KnownIds, SampleBatcher
 from .tarstream import MAX_META_BYTES, MEMBER_DIRECTORY, MEMBER_FILE, Member, TarDamaged, TarTruncated, members
 
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
-MAX_MEMBER_BYTES = 1 << 30  # an image member over this gets an error row, not a GiB of memory
 READ_CHUNK_BYTES = 8 << 20  # one ranged read (and one retry unit) of a shard
 
 
@@ -68,6 +68,7 @@ class ShardReading:
     fields: dict[str, str] = field(default_factory=dict)
     redact: Redactor = field(default_factory=Redactor)
     retry: Retry = field(default_factory=Retry)
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
 
     @property
     def field_members(self) -> dict[str, tuple[str, tuple[str, ...]]]:
@@ -96,18 +97,20 @@ class _ChunkedReader:
         self.file, self.size, self.uri, self.retry = file, size, uri, retry
         self.position = 0
         self.buffer = b""
+        self.used = 0  # bytes of `buffer` already returned (slicing the rest off each time would copy it)
 
     def read(self, size: int = -1) -> bytes:
         if size < 0:
             size = self.size
-        if not self.buffer and self.position < self.size:
+        if self.used == len(self.buffer) and self.position < self.size:
             want = min(READ_CHUNK_BYTES, self.size - self.position)
             at = self.position
-            self.buffer = self.retry.call(f"reading {self.uri}", lambda: self.file.read_at(want, at))
+            self.buffer, self.used = self.retry.call(f"reading {self.uri}", lambda: self.file.read_at(want, at)), 0
             if not self.buffer:
                 self.size = self.position  # the object shrank under us: it ends here
             self.position += len(self.buffer)
-        out, self.buffer = self.buffer[:size], self.buffer[size:]
+        out = self.buffer[self.used : self.used + size]
+        self.used += len(out)
         return out
 
 
@@ -144,9 +147,14 @@ def read_shards(
     """Shard rows -> sample rows (`samples.read_schema`); each shard reported to `ledger` when done."""
     for unit, path, name in zip(*(units.column(c).to_pylist() for c in ("unit", "path", "name")), strict=True):
         batcher = SampleBatcher(tuple(reading.fields), known)
-        yield from _ShardReader(reading, path, name, batcher).rows()
-        yield from batcher.finish()
+        yield from shard_rows(reading, path, name, batcher)
         record_unit(ledger, unit, batcher.samples, batcher.emitted)
+
+
+def shard_rows(reading: ShardReading, path: str, name: str, batcher: SampleBatcher) -> Iterator[pa.Table]:
+    """One shard's sample rows, its last short block included."""
+    yield from _ShardReader(reading, path, name, batcher).rows()
+    yield from batcher.finish()
 
 
 class _ShardReader:
@@ -213,8 +221,16 @@ class _ShardReader:
         yield from self._broken(reason, f"{exc}; the samples from byte {start} on were not read")
 
     def _wanted(self, name: str, size: int) -> bool:
+        """Read a member's bytes only if its sample uses them and they fit the limits: an image up to
+        `max_image_bytes`, a field's member up to `MAX_META_BYTES`, the first of each extension of a sample."""
         split = _split_name(name)
-        return split is not None and split[1] in self.wanted_extensions and size <= MAX_MEMBER_BYTES
+        if split is None or split[1] not in self.wanted_extensions:
+            return False
+        pending = self.pending
+        if pending is not None and pending.key == split[0] and any(e == split[1] for e, _ in pending.members):
+            return False  # a repeated member: the first one is the sample's
+        limit = self.reading.max_image_bytes if split[1] in self.reading.extensions else MAX_META_BYTES
+        return size <= limit
 
     def _emit(self, sample: _Sample) -> Iterator[pa.Table]:
         image_id = f"{self.name}/{sample.key}"
@@ -234,13 +250,17 @@ class _ShardReader:
                 return None, f"{REASON_UNSAFE}: {problem}"
         if duplicate:
             return None, f"{REASON_DUPLICATE}: key {sample.key!r} appears again at byte {sample.offset} of {self.name}"
-        by_extension = {extension: member for extension, member in sample.members}
+        by_extension = _first_by_extension(sample)
         for extension in self.reading.extensions:
             member = by_extension.get(extension)
             if member is None:
                 continue
             if member.data is None:  # the size limit kept it unread
-                return member, f"{REASON_TOO_LARGE}: member {member.name!r} is {member.size} bytes"
+                limit = self.reading.max_image_bytes
+                return (
+                    member,
+                    f"{REASON_OVER_BYTE_LIMIT}: member {member.name!r} is {member.size} bytes (limit {limit})",
+                )
             return member, None
         have = ", ".join(sorted(by_extension)) or "none"
         wanted = ", ".join(self.reading.extensions)
@@ -248,12 +268,20 @@ class _ShardReader:
         return None, f"{REASON_NO_IMAGE}: {detail}"
 
     def _fields(self, sample: _Sample) -> list[str | None]:
-        by_extension = {extension: member for extension, member in sample.members}
+        by_extension = _first_by_extension(sample)
         return [_field_value(by_extension.get(member), keys) for member, keys in self.field_members.values()]
 
     def _broken(self, reason: str, detail: str) -> Iterator[pa.Table]:
         message = self.reading.redact(f"{reason}: shard {self.name}: {detail}")
         yield from self.batcher.add(self.name, self.uri, None, message, [None] * len(self.reading.fields))
+
+
+def _first_by_extension(sample: _Sample) -> dict[str, Member]:
+    """Extension -> the sample's first member with it (only the first of a repeated one was read)."""
+    first: dict[str, Member] = {}
+    for extension, member in sample.members:
+        first.setdefault(extension, member)
+    return first
 
 
 def _field_value(member: Member | None, keys: Sequence[str]) -> str | None:

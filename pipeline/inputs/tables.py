@@ -14,6 +14,15 @@ stays the same as long as the file does. A row whose id is null gets that
 positional id too. Ids should be unique across the input: two rows with one
 id are both labelled, and a later incremental run skips both. A file whose
 footer cannot be read gets one error row with its name as id.
+
+Memory is bounded by bytes, not rows: a few KiB of compressed Parquet can
+decompress to GiBs. The image column is read a few rows at a time, with
+its dictionary kept as one (eight rows naming one 128 MiB value hold it
+once), and each cell's length is checked before it is copied: a cell over
+`resources.max_image_bytes` is an error row. When the footer says the
+group's image column is larger than that uncompressed, the pages' headers
+are read first (`pages.py`): a page over `page_limit` would have to be
+decompressed whole, so the group's rows become error rows instead.
 """
 
 from __future__ import annotations
@@ -25,21 +34,28 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
 from ..errors import StorageUnavailable
-from ..output import REASON_CORRUPT, REASON_NO_IMAGE, REASON_UNREADABLE
+from ..output import DEFAULT_MAX_IMAGE_BYTES, REASON_CORRUPT, REASON_NO_IMAGE, REASON_OVER_BYTE_LIMIT, REASON_UNREADABLE
 from ..request import DEFAULT_ID_COLUMN
 from ..retry import Retry
 from ..storage import Location, Redactor
 from .ledger import record_unit
+from .pages import chunk_pages
 from .patterns import FilePattern, matching_files, name_blocks, planned_in_a_task
+from .retrying import RetryingFile
 from .samples import KnownIds, SampleBatcher
 
 TABLE_SUFFIXES = (".parquet", ".pq")
 FOOTER_THREADS = 8  # footers read at once while planning: latency-bound on object stores
 BROKEN_FILE = -1  # the `row_group` of a unit standing for a file whose footer could not be read
+# The largest Parquet page read (uncompressed): pyarrow's own writer makes dictionary pages of 1,024 values,
+# 300 MB for 300 KB images, so real files reach a few hundred MB; a reader holds about three copies of one.
+MAX_PAGE_BYTES = 512 << 20
+IMAGE_SLICE_ROWS = 4  # image cells decoded from Parquet at a time
 
 GROUP_SCHEMA = pa.schema(
     [
@@ -63,6 +79,12 @@ class TableReading:
     fields: dict[str, str] = field(default_factory=dict)
     redact: Redactor = field(default_factory=Redactor)
     retry: Retry = field(default_factory=Retry)
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+
+    @property
+    def page_limit(self) -> int:
+        """The largest page of the image column read (uncompressed); a group holding a larger one is refused."""
+        return max(MAX_PAGE_BYTES, self.max_image_bytes)
 
     def id_column_of(self, schema: pa.Schema) -> str | None:
         if self.id_column is not None:
@@ -111,9 +133,14 @@ def read_row_groups(
     """Row-group rows -> sample rows (`samples.read_schema`); each group reported to `ledger` when done."""
     for unit in units.to_pylist():
         batcher = SampleBatcher(tuple(reading.fields), known)
-        yield from _GroupReader(reading, unit, batcher).rows()
-        yield from batcher.finish()
+        yield from group_rows(reading, unit, batcher)
         record_unit(ledger, unit["unit"], batcher.samples, batcher.emitted)
+
+
+def group_rows(reading: TableReading, unit: dict[str, Any], batcher: SampleBatcher) -> Iterator[pa.Table]:
+    """One row group's sample rows (`unit`: a `GROUP_SCHEMA` row), its last short block included."""
+    yield from _GroupReader(reading, unit, batcher).rows()
+    yield from batcher.finish()
 
 
 class _GroupReader:
@@ -139,29 +166,82 @@ class _GroupReader:
             for image_id in ids:  # counted as seen; none is read
                 yield from self.batcher.add(image_id, "", None, None)
             return
-        images = self._read_group([reading.image_column]).column(reading.image_column)
         values = [self._field_column(table, source) for source in reading.fields.values()]
-        for index, image_id in enumerate(ids):
-            data, error = image_bytes(images[index].as_py(), reading.image_column)
+        for index, (data, error) in enumerate(self._images(len(ids))):
             row_uri = f"{self.uri}#row={unit['first_row'] + index}"
-            yield from self.batcher.add(image_id, row_uri, data, error, [v[index] for v in values])
+            yield from self.batcher.add(ids[index], row_uri, data, error, [v[index] for v in values])
 
-    def _read_group(self, columns: list[str] | None = None) -> pa.Table:
-        """The group's id and field columns (or `columns`), those of them the file has."""
+    def _read_group(self) -> pa.Table:
+        """The group's id and field columns, those of them the file has."""
         reading, path = self.reading, self.unit["path"]
 
         def read() -> pa.Table:
             with reading.location.filesystem().open_input_file(path) as file:
                 parquet = pq.ParquetFile(file)
-                names = parquet.schema_arrow.names
-                if columns is not None and columns[0] not in names:
-                    raise KeyError(f"the file has no column {columns[0]!r} (it has {', '.join(names)})")
                 self.id_column = reading.id_column_of(parquet.schema_arrow)
-                wanted = columns or [self.id_column, *reading.fields.values()]
-                present = [c for c in dict.fromkeys(wanted) if c in names]
+                wanted = [self.id_column, *reading.fields.values()]
+                present = [c for c in dict.fromkeys(wanted) if c in parquet.schema_arrow.names]
                 return parquet.read_row_group(self.unit["row_group"], columns=present)
 
         return reading.retry.call(f"reading {self.uri}", read)
+
+    def _images(self, rows: int) -> Iterator[tuple[bytes | None, str | None]]:
+        """(bytes, None) or (None, why not) for each of the group's `rows`, a slice of rows in memory at a time."""
+        reading, group, column = self.reading, self.unit["row_group"], self.reading.image_column
+        fs = reading.location.filesystem()
+        given = 0
+        try:
+            with reading.retry.call(f"opening {self.uri}", lambda: fs.open_input_file(self.unit["path"])) as native:
+                file = RetryingFile(native, self.uri, reading.retry)
+                schema = pq.read_schema(file)
+                if column not in schema.names:
+                    detail = f"column {column!r} is not in {self.unit['name']} (it has {', '.join(schema.names)})"
+                    yield from [(None, f"{REASON_NO_IMAGE}: {detail}")] * rows
+                    return
+                leaf, dictionary = _image_leaf(schema, column)
+                parquet = pq.ParquetFile(file, read_dictionary=[leaf] if dictionary else None)
+                too_large = self._oversized_page(file, parquet.metadata.row_group(group), leaf)
+                if too_large:
+                    yield from [(None, too_large)] * rows
+                    return
+                slices = parquet.iter_batches(batch_size=IMAGE_SLICE_ROWS, row_groups=[group], columns=[column])
+                for batch in slices:
+                    images = batch.column(0)
+                    for image, length in zip(images, _byte_lengths(images), strict=True):
+                        given += 1
+                        if length is not None and length > reading.max_image_bytes:
+                            limit = reading.max_image_bytes
+                            yield None, f"{REASON_OVER_BYTE_LIMIT}: the image is {length} bytes (limit {limit})"
+                        else:
+                            yield image_bytes(image.as_py(), column)
+        except StorageUnavailable:
+            raise
+        except Exception as exc:  # damaged after the rows before it: those keep their rows, the rest say why
+            problem = self.reading.redact(f"{REASON_CORRUPT}: {type(exc).__name__}: {exc}")
+            yield from [(None, problem)] * (rows - given)
+            return
+        if given < rows:  # the file changed since its ids were read
+            yield from [(None, f"{REASON_CORRUPT}: the row group ends after {given} of {rows} rows")] * (rows - given)
+
+    def _oversized_page(self, file: RetryingFile, group: pq.RowGroupMetaData, leaf: str) -> str | None:
+        """Why the group's image column cannot be read within the page limit, or None (from page headers only,
+        read when the footer says the column is larger uncompressed than one image may be)."""
+        chunk = next(
+            (group.column(i) for i in range(group.num_columns) if group.column(i).path_in_schema == leaf), None
+        )
+        if chunk is None or chunk.total_uncompressed_size <= self.reading.max_image_bytes:
+            return None
+        offsets = [chunk.data_page_offset]
+        if chunk.has_dictionary_page and chunk.dictionary_page_offset:
+            offsets.append(chunk.dictionary_page_offset)
+        limit = self.reading.page_limit
+        for page in chunk_pages(file.read_at, min(offsets), chunk.total_compressed_size):
+            if page.uncompressed > limit:
+                return (
+                    f"{REASON_OVER_BYTE_LIMIT}: row group {self.unit['row_group']} of {self.unit['name']} stores its "
+                    f"images in a page of {page.uncompressed} bytes uncompressed (limit {limit}); not read"
+                )
+        return None
 
     def _ids(self, table: pa.Table) -> list[str]:
         first, name = self.unit["first_row"], self.unit["name"]
@@ -177,6 +257,32 @@ class _GroupReader:
     def _broken(self, reason: str, detail: str) -> Iterator[pa.Table]:
         message = self.reading.redact(f"{reason}: {self.unit['name']}: {detail}")
         yield from self.batcher.add(self.unit["name"], self.uri, None, message, [None] * len(self.reading.fields))
+
+
+def _image_leaf(schema: pa.Schema, column: str) -> tuple[str, bool]:
+    """The image column's leaf holding the bytes (`image` or Hugging Face's `image.bytes`), and whether it is
+    binary (then read as a dictionary: rows naming one stored value hold it once)."""
+    kind = schema.field(column).type
+    if pa.types.is_struct(kind) and kind.get_field_index("bytes") >= 0:
+        return f"{column}.bytes", _is_binary(kind.field("bytes").type)
+    return column, _is_binary(kind)
+
+
+def _is_binary(kind: pa.DataType) -> bool:
+    return pa.types.is_binary(kind) or pa.types.is_large_binary(kind)
+
+
+def _byte_lengths(images: pa.Array) -> list[int | None]:
+    """Each cell's image length in bytes, from the offsets alone (nothing copied); None where unknown."""
+    if pa.types.is_struct(images.type):
+        if images.type.get_field_index("bytes") < 0:
+            return [None] * len(images)
+        images = images.field("bytes")
+    if pa.types.is_dictionary(images.type):
+        return pc.binary_length(images.dictionary).take(images.indices).to_pylist()
+    if _is_binary(images.type):
+        return pc.binary_length(images).to_pylist()
+    return [None] * len(images)
 
 
 def image_bytes(value: Any, column: str) -> tuple[bytes | None, str | None]:

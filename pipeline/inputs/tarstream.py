@@ -64,7 +64,7 @@ class Member:
     offset: int
     kind: str
     size: int
-    data: bytes | None = None
+    data: bytes | bytearray | None = None
     name_is_utf8: bool = True
 
 
@@ -75,17 +75,18 @@ class _Cursor:
         self.stream = stream
         self.offset = 0
 
-    def exactly(self, size: int, started: int) -> bytes:
-        parts: list[bytes] = []
-        left = size
-        while left:
-            chunk = self.stream.read(min(left, _SKIP_CHUNK))
+    def exactly(self, size: int, started: int) -> bytearray:
+        """`size` bytes, gathered into one buffer (never a list of pieces joined into a second copy)."""
+        out = bytearray(size)
+        filled = 0
+        while filled < size:
+            chunk = self.stream.read(min(size - filled, _SKIP_CHUNK))
             if not chunk:
                 raise TarTruncated(started, f"the shard ends at byte {self.offset}, inside the entry at byte {started}")
-            parts.append(chunk)
-            left -= len(chunk)
+            out[filled : filled + len(chunk)] = chunk
+            filled += len(chunk)
             self.offset += len(chunk)
-        return b"".join(parts)
+        return out
 
     def pad(self, size: int) -> bool:
         """Consume the padding after an entry's data; False when the stream ends inside it."""
@@ -133,7 +134,7 @@ def members(stream: Readable, wanted: Callable[[str, int], bool]) -> Iterator[Me
                 raise TarDamaged(
                     offset, f"a metadata entry at byte {offset} claims {size} bytes (limit {MAX_META_BYTES})"
                 )
-            record = cursor.exactly(_padded(size), entry_start)[:size]
+            record = bytes(cursor.exactly(_padded(size), entry_start)[:size])
             if kind_flag == b"L":
                 pending_name = record.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
             elif kind_flag == b"x":

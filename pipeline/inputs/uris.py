@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 import ray
 
 from ..errors import InputUnusable
-from ..output import REASON_UNSAFE, REASON_UNSUPPORTED
+from ..output import DEFAULT_MAX_IMAGE_BYTES, REASON_UNSAFE, REASON_UNSUPPORTED
 from ..request import DEFAULT_ID_COLUMN
 from ..retry import Retry
 from ..storage import Location, Redactor, public_uri
@@ -56,6 +56,7 @@ class ListReading:
     storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
     redact: Redactor = field(default_factory=Redactor)
     retry: Retry = field(default_factory=Retry)
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
 
     @property
     def kind(self) -> str:
@@ -213,14 +214,14 @@ def read_listed(batch: pa.Table, *, reading: ListReading) -> pa.Table:
             uris.append(public_uri(target or ""))
             continue
         try:
-            location = Location.parse(target, reading.storage_options)
+            location = Location.parse(target, reading.storage_options, what="listed image")
         except Exception as exc:  # a scheme nobody can read, a URI without a bucket
             wanted.append((reading.location, "", reading.redact(f"{REASON_UNSUPPORTED}: {exc}")))
             uris.append(public_uri(target))
             continue
         wanted.append((location, location.path, None))
         uris.append(location.uri)
-    fetched = fetch_files(wanted, reading.redact, reading.retry)
+    fetched = fetch_files(wanted, reading.redact, reading.retry, reading.max_image_bytes)
     columns = {
         "image_id": batch.column("image_id"),
         "uri": pa.array(uris, pa.string()),

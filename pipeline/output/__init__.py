@@ -32,6 +32,7 @@ from .manifest import RUN_FAILED, RUN_RUNNING, RUN_SUCCEEDED, Manifest, RunSumma
 from .ownership import foreign_files
 from .reader import LabelledOutput, OutputError
 from .rows import (
+    DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_MAX_PIXELS,
     ERROR_CLASS_PERMANENT,
     ERROR_CLASS_TRANSIENT,
@@ -40,6 +41,7 @@ from .rows import (
     REASON_DUPLICATE,
     REASON_NO_IMAGE,
     REASON_NOT_AN_IMAGE,
+    REASON_OVER_BYTE_LIMIT,
     REASON_TOO_LARGE,
     REASON_TRUNCATED,
     REASON_UNREADABLE,
@@ -58,6 +60,7 @@ from .versions import KEEP_REPLACED_S, Pointer, PointerDamaged, current_files, s
 
 __all__ = [
     "CARD_FILE",
+    "DEFAULT_MAX_IMAGE_BYTES",
     "DEFAULT_MAX_PIXELS",
     "ERROR_CLASS_PERMANENT",
     "ERROR_CLASS_TRANSIENT",
@@ -69,6 +72,7 @@ __all__ = [
     "REASON_DUPLICATE",
     "REASON_NOT_AN_IMAGE",
     "REASON_NO_IMAGE",
+    "REASON_OVER_BYTE_LIMIT",
     "REASON_TOO_LARGE",
     "REASON_TRUNCATED",
     "REASON_UNREADABLE",

@@ -16,6 +16,9 @@ STATUS_ERROR = "error"
 # Images with more pixels get an error row (REASON_TOO_LARGE) before any pixel is decoded:
 # Pillow's own decompression-bomb limit, 2 x 89.5 MP.
 DEFAULT_MAX_PIXELS = 178_956_970
+# An encoded image (a file, a shard member, a table cell) over this many bytes gets an error row
+# (REASON_OVER_BYTE_LIMIT) before it is copied: inputs from strangers must not choose our memory use.
+DEFAULT_MAX_IMAGE_BYTES = 64 << 20
 
 # Why an image has no mask; every error row's `error` starts with one of these.
 REASON_UNREADABLE = "unreadable"
@@ -24,6 +27,7 @@ REASON_TRUNCATED = "truncated"  # the data ends early
 REASON_CORRUPT = "corrupt"  # a known format whose pixel data fails to decode
 REASON_ZERO_BYTES = "zero bytes"
 REASON_TOO_LARGE = "over the pixel limit"
+REASON_OVER_BYTE_LIMIT = "too large"  # the encoded image (or the Parquet page holding it) is over the byte limit
 REASON_UNSUPPORTED = "unsupported"
 REASON_NO_IMAGE = "no image"  # a shard sample without an image member, a table row without image bytes
 REASON_UNSAFE = "unsafe entry"  # a tar member named outside its shard, or a link or device

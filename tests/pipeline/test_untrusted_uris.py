@@ -1,0 +1,134 @@
+"""URIs from strangers (list entries, job keys, the rows' `uri` column) make us fetch only from the storage
+the user chose: chained fsspec URLs and unsupported protocols are refused before anything is opened, and
+no form of user info in a URI (a password holding `/` included) reaches a row, a message or a log."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from typing import ClassVar
+
+import pyarrow.parquet as pq
+import pytest
+from helpers import run_label
+from PIL import Image
+from pydantic import ValidationError
+
+from pipeline import Destination, ModelChoice, Source, UnsupportedStorage, path_of_uri
+from pipeline.secrets import find_secrets
+from pipeline.storage import Location, Redactor, public_uri
+from sfp_core import UnsupportedURI, Vocabulary, check_weights
+
+pytestmark = pytest.mark.timeout(300)
+
+HOSTILE = (
+    "simplecache::http://127.0.0.1:{port}/a.jpg",
+    "blockcache::http://bob:PASSWORD1234@127.0.0.1:{port}/b.jpg",
+    "filecache::http://127.0.0.1:{port}/c.jpg",
+    "http://127.0.0.1:{port}/d.jpg",
+    "ftp://127.0.0.1:{port}/e.jpg",
+    "memory://x::http://127.0.0.1:{port}/f.jpg",
+)
+
+
+@pytest.mark.parametrize("uri", [u.format(port=9) for u in HOSTILE] + ["zip://a.jpg::s3://b/x.zip", "hf://d/x"])
+def test_every_entry_point_refuses_chained_and_unsupported_uris(uri, tmp_path):
+    with pytest.raises(UnsupportedURI, match=r"chained|not supported"):
+        Location.parse(uri)
+    for section in (Source, Destination):
+        with pytest.raises(ValidationError, match=r"chained|not supported"):
+            section(uri=uri)
+    with pytest.raises(ValidationError, match=r"chained|not supported"):
+        ModelChoice(weights=uri)
+    with pytest.raises(UnsupportedURI):
+        check_weights("SFP-Tiny-16", uri)
+    with pytest.raises(UnsupportedStorage):
+        path_of_uri(uri)
+    with pytest.raises(UnsupportedURI) as refused:
+        Location.parse(uri)
+    assert "PASSWORD1234" not in str(refused.value)
+
+
+def test_plain_paths_with_double_colons_are_just_names(tmp_path):
+    """`::` chains only after a protocol: a local file may be called `a::b.jpg`."""
+    assert Location.parse(str(tmp_path / "a::b")).path == str(tmp_path / "a::b")
+
+
+@pytest.mark.parametrize(
+    ("uri", "public"),
+    [
+        ("s3://KEY:abc/SECRET99@bucket/x/y.jpg", "s3://bucket/x/y.jpg"),
+        ("s3://KEY:abc%2FSECRET99@bucket/x", "s3://bucket/x"),
+        ("gs://user:pa:ss/w0rd@bkt/k", "gs://bkt/k"),
+        ("blockcache::http://bob:PASSWORD1234@host/b.jpg", "blockcache::http://host/b.jpg"),
+        ("s3://bucket/users/bob@example.com/a.jpg", "s3://bucket/users/bob@example.com/a.jpg"),
+        ("s3://justauser@bucket/k", "s3://bucket/k"),
+    ],
+)
+def test_user_info_is_recognised_however_the_password_is_spelled(uri, public):
+    assert public_uri(uri) == public
+    if public.endswith("bob@example.com/a.jpg"):
+        return
+    secret = uri.split("://", 1)[1].split("@", 1)[0]
+    text = f"failed reading {uri} (took 3 s)"
+    assert secret not in Redactor.for_options(uris=(uri,))(text)
+    assert secret not in Redactor()(text)
+    if ":" in secret:
+        assert list(find_secrets({"uri": uri})), "a job file holding it must be refused"
+
+
+def test_a_secret_holding_a_slash_moves_to_options_instead_of_naming_the_bucket():
+    location = Location.parse("s3://AKIDEXAMPLE:wJalr/K7MDENG@bucket/data")
+    assert (location.path, location.uri) == ("bucket/data", "s3://bucket/data")
+    assert (location.options["key"], location.options["secret"]) == ("AKIDEXAMPLE", "wJalr/K7MDENG")
+    assert "K7MDENG" not in repr(location)
+
+
+class _CountingHandler(http.server.BaseHTTPRequestHandler):
+    requests: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        type(self).requests.append(self.path)
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"\xff\xd8not really a jpeg")
+
+    do_HEAD = do_GET
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def counting_server():
+    _CountingHandler.requests = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _CountingHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1], _CountingHandler.requests
+    server.shutdown()
+    server.server_close()
+
+
+def test_hostile_list_entries_become_error_rows_and_fetch_nothing(ray_local, tmp_path, counting_server):
+    port, requests = counting_server
+    Image.new("RGB", (32, 24), (200, 10, 10)).save(tmp_path / "real.png")
+    hostile = [entry.format(port=port) for entry in HOSTILE]
+    (tmp_path / "list.txt").write_text("\n".join(["real.png", *hostile]) + "\n")
+    output = tmp_path / "out"
+    summary = run_label(
+        str(tmp_path / "list.txt"),
+        str(output),
+        format="list",
+        vocabulary=Vocabulary([["background"], ["red"]]),
+        arch="SFP-Tiny-16",
+        weights="random",
+    )
+    assert requests == [], "a listed URI made us fetch from elsewhere"
+    assert (summary.ok, summary.error) == (1, len(hostile))
+    rows = pq.read_table(next(output.glob("data-*"))).to_pylist()
+    errors = {r["image_id"]: r["error"] for r in rows if r["status"] == "error"}
+    assert len(errors) == len(hostile)
+    assert all(e.startswith("unsupported: ") and ("chained" in e or "not supported" in e) for e in errors.values())
+    everything = b"".join(p.read_bytes() for p in output.rglob("*") if p.is_file())
+    assert b"PASSWORD1234" not in everything and b"bob:" not in everything
