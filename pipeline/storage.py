@@ -24,13 +24,13 @@ from urllib.parse import quote, unquote, urlsplit
 import pyarrow.fs as pafs
 from fsspec import AbstractFileSystem
 
-from sfp_core import check_uri, public_uri, user_info, without_user_info
+from sfp_core import check_uri, public_uri, strip_user_info, user_info, without_user_info
 
 from .secrets import MIN_REDACTED_LENGTH, REDACTED, holds_secret, secret_value_kind, secret_values
 
 # What a URI built from a path keeps unquoted (RFC 3986 path characters, minus those that start a query,
-# a fragment or an escape).
-_PATH_SAFE = "/!$&'()*+,;=:@-._~"
+# a fragment or an escape, and minus `:`, so a key holding `::` never reads as a chained URL).
+_PATH_SAFE = "/!$&'()*+,;=@-._~"
 
 # Loggers that write whole requests, the Authorization header (with the access key id) included, at DEBUG.
 _REQUEST_LOGGERS = ("botocore.endpoint",)
@@ -130,19 +130,24 @@ class Location:
     @classmethod
     def parse(cls, uri: str, storage_options: dict[str, Any] | None = None, what: str = "storage") -> Location:
         """The location a URI names; UnsupportedURI (naming `what`) for a chained URL or a protocol we do not
-        support, before anything is opened."""
+        support, before anything is opened.
+
+        A plain path is taken as written. A URI's path is percent-decoded and never split at `?` or `#`
+        (keys are data): `file:///d/sp%20ace.jpg` and `s3://b/a#1.jpg` name `sp ace.jpg` and `a#1.jpg`,
+        so the rows' own `uri` column (`uri_of`) reads back as the file it names.
+        """
         options = dict(storage_options or {})
         scheme = check_uri(uri, what)
-        user, password = user_info(uri)
-        parts = urlsplit(public_uri(uri))
         if scheme is None:  # a plain local path
             return cls("file", _local_path(uri), options)
+        user, password = user_info(uri)
+        rest = unquote(strip_user_info(uri).split("://", 1)[1])
         if scheme == "file":
-            return cls("file", _local_path(parts.netloc + parts.path), options)
+            return cls("file", _local_path(rest), options)
         if scheme in ("s3", "s3a", "gs", "gcs"):
-            if not parts.hostname:
+            if not rest.split("/", 1)[0]:
                 raise ValueError(f"{public_uri(uri)}: no bucket in the URI")
-            path = posixpath.normpath(f"{parts.hostname}/{parts.path.lstrip('/')}").rstrip("/")
+            path = posixpath.normpath(rest).rstrip("/")
             if path.startswith(".."):
                 raise ValueError(f"{public_uri(uri)}: the path leaves the bucket")
             if user or password:

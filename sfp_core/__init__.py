@@ -21,6 +21,7 @@ from .uris import (
     has_user_password,
     is_uri,
     public_uri,
+    strip_user_info,
     user_info,
     without_user_info,
 )
@@ -74,6 +75,7 @@ __all__ = [
     "mask_dtype_for",
     "prepare_image",
     "public_uri",
+    "strip_user_info",
     "user_info",
     "without_user_info",
 ]

@@ -87,11 +87,22 @@ def has_user_password(text: str) -> bool:
     return URI_WITH_PASSWORD.search(text) is not None
 
 
+def strip_user_info(uri: str) -> str:
+    """The URI without its leading `user:password@` or `user@`; the rest (query, fragment) as written."""
+    stripped = _USER_INFO.sub(r"\1", uri, count=1)
+    if stripped == uri and "://" in uri:
+        scheme, rest = uri.split("://", 1)
+        authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+        if "@" in authority:
+            return f"{scheme}://{rest[authority.rindex('@') + 1 :]}"
+    return stripped
+
+
 def public_uri(uri: str) -> str:
     """The URI as it may be recorded: no user info, query string or fragment; every chained part alike."""
     if CHAIN_SEPARATOR in uri:
         return CHAIN_SEPARATOR.join(public_uri(part) for part in uri.split(CHAIN_SEPARATOR))
     if protocol_of(uri) is None:
         return uri
-    parts = urlsplit(_USER_INFO.sub(r"\1", uri))
-    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+    parts = urlsplit(strip_user_info(uri))
+    return f"{parts.scheme}://{parts.netloc}{parts.path}"

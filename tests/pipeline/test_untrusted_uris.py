@@ -113,8 +113,10 @@ def counting_server():
 def test_hostile_list_entries_become_error_rows_and_fetch_nothing(ray_local, tmp_path, counting_server):
     port, requests = counting_server
     Image.new("RGB", (32, 24), (200, 10, 10)).save(tmp_path / "real.png")
+    Image.new("RGB", (32, 24), (10, 10, 200)).save(tmp_path / "odd::name.png")  # a name, not a chain
     hostile = [entry.format(port=port) for entry in HOSTILE]
-    (tmp_path / "list.txt").write_text("\n".join(["real.png", *hostile]) + "\n")
+    # `odd::name.png` alone reads as protocol `odd`; `./` makes it the path it is
+    (tmp_path / "list.txt").write_text("\n".join(["real.png", "./odd::name.png", *hostile]) + "\n")
     output = tmp_path / "out"
     summary = run_label(
         str(tmp_path / "list.txt"),
@@ -125,10 +127,26 @@ def test_hostile_list_entries_become_error_rows_and_fetch_nothing(ray_local, tmp
         weights="random",
     )
     assert requests == [], "a listed URI made us fetch from elsewhere"
-    assert (summary.ok, summary.error) == (1, len(hostile))
+    assert (summary.ok, summary.error) == (2, len(hostile))
     rows = pq.read_table(next(output.glob("data-*"))).to_pylist()
+    odd = next(r for r in rows if r["image_id"] == "./odd::name.png")
+    assert path_of_uri(odd["uri"])[1] == str(tmp_path / "odd::name.png")
     errors = {r["image_id"]: r["error"] for r in rows if r["status"] == "error"}
     assert len(errors) == len(hostile)
     assert all(e.startswith("unsupported: ") and ("chained" in e or "not supported" in e) for e in errors.values())
     everything = b"".join(p.read_bytes() for p in output.rglob("*") if p.is_file())
     assert b"PASSWORD1234" not in everything and b"bob:" not in everything
+
+
+def test_uris_name_keys_as_data_and_read_back_what_uri_of_wrote(tmp_path):
+    """A URI's path is percent-decoded and never cut at `#` or `?`: the rows' own `uri` column, and any
+    URI naming such a key, read the file it names."""
+    for name in ("a#b.jpg", "q?1.jpg", "sp ace.jpg", "odd::name.jpg", "100%.jpg"):
+        (tmp_path / name).write_bytes(name.encode())
+        folder = Location.parse(str(tmp_path))
+        for uri in (folder.uri_of(str(tmp_path / name)), f"file://{tmp_path}/{name}".replace(" ", "%20")):
+            if "::" in uri:
+                continue  # written by hand, `::` chains; uri_of quotes the colons
+            location = Location.parse(uri)
+            with location.filesystem().open_input_stream(location.path) as stream:
+                assert stream.read() == name.encode(), uri
