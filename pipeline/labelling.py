@@ -28,15 +28,19 @@ from .lease import OutputLease
 from .output import (
     RUN_SUCCEEDED,
     Manifest,
+    PartWriting,
     Pointer,
     RunSummary,
     card_is_current,
     data_folder_name,
+    folder_files,
     is_our_card,
     iso,
     manifest_path,
     new_run_id,
     package_versions,
+    relative_path,
+    stage_parts,
     write_card,
 )
 from .output.manifest import InputRecord, ModelRecord, OutputRecord, ResourcesRecord, VocabularyRecord
@@ -47,7 +51,16 @@ from .request import LabelRequest
 from .resume import drop_existing, existing_ids
 from .retry import Retry, is_access_denied
 from .settings import StageSettings
-from .sink import FlushTimer, OutputWriter, WriterSettings, commit_overwrite, discard_folder, remove_staging, tidy
+from .sink import (
+    FlushTimer,
+    PartCommitter,
+    WriterSettings,
+    commit_overwrite,
+    discard_folder,
+    remove_late_files,
+    remove_staging,
+    tidy,
+)
 from .storage import Location, Redactor, public_options, public_uri, redacted_logs
 
 log = logging.getLogger("pipeline")
@@ -134,7 +147,12 @@ class _Run:
             versions=package_versions(),
         )
 
-    def summary(self, writer: OutputWriter, total: int, pending: int) -> RunSummary:
+    def part_writing(self) -> PartWriting:
+        """What the workers that write this run's files need to know."""
+        schema = self.request.identity().schema()
+        return PartWriting(self.output, self.run_id, schema, self.retry, self.request.output.rows_per_file)
+
+    def summary(self, writer: PartCommitter, total: int, pending: int) -> RunSummary:
         ended = time.time()
         written = writer.rows
         ok = sum(f.ok for f in writer.written)
@@ -176,13 +194,14 @@ def label(request: LabelRequest, display: RunDisplay | None = None) -> RunSummar
         manifest.write(run.output, run.redact, run.retry)
         folder = _data_folder(run, previous)
         if request.incremental:
-            again = drop_rows_to_relabel(run.output, run.run_id, request.output.retry_errors, run.retry)
+            again = drop_rows_to_relabel(run.output, request.output.retry_errors, run.retry)
             if again:
                 log.info("%d error rows (%s) will be labelled again", again, request.output.retry_errors)
+        present = {relative_path(run.output, path) for path in folder_files(run.output, folder, run.retry)}
         writer = _writer(run, folder, lease)
         try:
             pending, total = _label_todo(run, writer)
-            current = _commit(run, lease, writer, pending, previous, folder)
+            current = _commit(run, lease, writer, pending, previous, present)
         except BaseException as exc:
             cause = _user_facing(exc, run)
             _record_failure(run, manifest, cause, writer)
@@ -196,11 +215,10 @@ def label(request: LabelRequest, display: RunDisplay | None = None) -> RunSummar
     return summary
 
 
-def _writer(run: _Run, folder: str, lease: OutputLease) -> OutputWriter:
+def _writer(run: _Run, folder: str, lease: OutputLease) -> PartCommitter:
     destination = run.request.output
     settings = WriterSettings(destination.rows_per_file, destination.commit_every_s, run.request.incremental)
-    schema = run.request.identity().schema()
-    return OutputWriter(run.output, run.run_id, folder, schema, settings, claim=lease.claim, retry=run.retry)
+    return PartCommitter(run.part_writing(), folder, settings, claim=lease.claim, merge_cpus=CPU_TASK_CPUS)
 
 
 def _prepare_output(run: _Run) -> Pointer | None:
@@ -237,8 +255,8 @@ def _write_card(run: _Run, pointer: Pointer, retry: Retry | None = None) -> None
     write_card(run.output, pointer, runs, retry)
 
 
-def _label_todo(run: _Run, writer: OutputWriter) -> tuple[int, int]:
-    """Run the stages over what is left to label, writing rows as they reach the driver;
+def _label_todo(run: _Run, writer: PartCommitter) -> tuple[int, int]:
+    """Run the stages over what is left to label, committing the files the workers write;
     (images labelled, images in the input)."""
     ensure_ray(verbose=run.display.verbose)
     with _data_context(run.display):
@@ -248,7 +266,7 @@ def _label_todo(run: _Run, writer: OutputWriter) -> tuple[int, int]:
         return _label_units(run, writer, plan)
 
 
-def _label_images(run: _Run, writer: OutputWriter, listed: ray.data.Dataset) -> tuple[int, int]:
+def _label_images(run: _Run, writer: PartCommitter, listed: ray.data.Dataset) -> tuple[int, int]:
     """A plan with a row per image: drop those labelled, count the rest, label them."""
     todo = listed
     if run.request.incremental:
@@ -267,7 +285,7 @@ def _label_images(run: _Run, writer: OutputWriter, listed: ray.data.Dataset) -> 
     return pending, total
 
 
-def _label_units(run: _Run, writer: OutputWriter, units: ray.data.Dataset) -> tuple[int, int]:
+def _label_units(run: _Run, writer: PartCommitter, units: ray.data.Dataset) -> tuple[int, int]:
     """A plan with a row per shard or row group: the reading skips what is labelled and tells the ledger."""
     planned = units.count()
     counter = ProgressCounter(
@@ -297,16 +315,17 @@ def _existing_ids(run: _Run) -> ray.ObjectRef:
 
 def _write_rows(
     run: _Run,
-    writer: OutputWriter,
-    rows: ray.data.Dataset,
+    writer: PartCommitter,
+    records: ray.data.Dataset,
     counter: ProgressCounter,
     ledger: ray.actor.ActorHandle | None = None,
 ) -> None:
-    """Stream the stages' rows into the writer, telling the counter (and asking the ledger how far reading is)."""
+    """Stream the records of the parts the workers staged into the committer, telling the counter (and
+    asking the ledger how far reading is)."""
     asked = None
     try:
         with FlushTimer(writer):
-            for batch in rows.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for batch in records.iter_batches(batch_size=None, batch_format="pyarrow"):
                 if ledger is not None:
                     asked = _units_read(ledger, asked, counter)
                 counter.add(*writer.add(batch))
@@ -328,15 +347,22 @@ def _units_read(ledger: ray.actor.ActorHandle, asked: ray.ObjectRef | None, coun
 
 
 def _commit(
-    run: _Run, lease: OutputLease, writer: OutputWriter, pending: int, previous: Pointer | None, folder: str
+    run: _Run, lease: OutputLease, writer: PartCommitter, pending: int, previous: Pointer | None, present: set[str]
 ) -> Pointer:
-    """Check every image got its row, then (overwrite) flip the pointer to the run's folder; the pointer after."""
+    """Check every image got its row, then (overwrite) flip the pointer to the run's folder; the pointer after.
+
+    `present`: the data files the folder held when the run started.
+    """
     if writer.rows != pending:
         raise RuntimeError(f"wrote {writer.rows} rows for {pending} images; not committing a run that lost rows")
     lease.check()
     # All of it: besides this run's, what a dead run's late writes put there after `tidy` (an S3 upload
     # still in flight when that run failed completes once the storage is back).
     remove_staging(run.output, run.retry)
+    folder = writer.folder
+    late = remove_late_files(run.output, folder, present | {f.name for f in writer.written}, run.retry)
+    if late:
+        log.warning("removed %d data files a dead run wrote after this run started: %s", len(late), late[:3])
     if run.request.incremental:
         return Pointer.read(run.output, run.retry) or previous
     lease.claim.verify(run.retry)
@@ -353,7 +379,8 @@ def _commit(
 def _stages(
     todo: ray.data.Dataset, run: _Run, known: KnownIds, ledger: ray.actor.ActorHandle | None
 ) -> ray.data.Dataset:
-    """read bytes -> decode and resize (CPU tasks) -> SFP (actor pool) -> PNG encode (CPU tasks)."""
+    """read bytes -> decode and resize (CPU tasks) -> SFP (actor pool) -> PNG encode and staged Parquet parts
+    (CPU tasks): a record per staged part reaches the driver."""
     settings = StageSettings.derive(run.request, run.run_id, ray.cluster_resources().get("CPU", 1))
     with warnings.catch_warnings():
         # `max_task_retries` has no named parameter yet, and Ray's default (retry forever) would loop on a
@@ -378,6 +405,7 @@ def _stage_chain(read: ray.data.Dataset, run: _Run, settings: StageSettings) -> 
             max_task_retries=ACTOR_TASK_RETRIES,  # a killed actor is always restarted (Ray's default)
         )
         .map_batches(encode_batch, batch_size=None, fn_kwargs={"settings": settings.encode}, **cpu)
+        .map_batches(stage_parts, batch_size=None, fn_kwargs={"writing": run.part_writing()}, **cpu)
     )
 
 
@@ -391,7 +419,7 @@ def _user_facing(exc: BaseException, run: _Run) -> BaseException:
     return exc
 
 
-def _record_failure(run: _Run, manifest: Manifest, exc: BaseException, writer: OutputWriter) -> None:
+def _record_failure(run: _Run, manifest: Manifest, exc: BaseException, writer: PartCommitter) -> None:
     """Mark the run failed in its manifest and drop what it staged; files already committed (incremental)
     are listed, they stay valid, and the card is brought up to them. Best effort: the next run clears what
     is left."""

@@ -3,27 +3,26 @@
 A file that was unreadable because the bucket was briefly gone, or a
 permission was missing, deserves another try; an image that is not an image
 does not. `Destination.retry_errors` chooses (transient | all | none). Each
-data file holding rows to retry is rewritten without them and moved onto its
-own name, one atomic replacement per file, before labelling starts. At no
+data file holding rows to retry is rewritten without them onto its own name
+(`output.write_parquet`: a rename locally, one PUT on object stores, so one
+atomic replacement per file and no copy), before labelling starts. At no
 moment does an image have two rows: after a crash the dropped images are
 simply missing, and the next incremental run labels them like new ones.
 """
 
 from __future__ import annotations
 
-import posixpath
-
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from .output import ERROR_CLASS_TRANSIENT, STATUS_ERROR, current_files, error_class, staged_file
+from .output import ERROR_CLASS_TRANSIENT, STATUS_ERROR, current_files, error_class, write_parquet
 from .retry import Retry
 from .storage import Location
 
 
-def drop_rows_to_relabel(output: Location, run_id: str, policy: str, retry: Retry) -> int:
+def drop_rows_to_relabel(output: Location, policy: str, retry: Retry) -> int:
     """Remove the error rows `policy` retries from the committed files; returns how many were removed."""
     if policy == "none":
         return 0
@@ -41,7 +40,7 @@ def drop_rows_to_relabel(output: Location, run_id: str, policy: str, retry: Retr
         for path, error in zip(errors.column("__filename").to_pylist(), errors.column("error").to_pylist(), strict=True)
         if policy == "all" or error_class(error or "") == ERROR_CLASS_TRANSIENT
     }
-    return sum(_rewrite_without(output, run_id, path, policy, retry) for path in sorted(paths))
+    return sum(_rewrite_without(output, path, policy, retry) for path in sorted(paths))
 
 
 def _retried(table: pa.Table, policy: str) -> pa.Array:
@@ -52,7 +51,7 @@ def _retried(table: pa.Table, policy: str) -> pa.Array:
     return pc.and_(is_error, transient)
 
 
-def _rewrite_without(output: Location, run_id: str, path: str, policy: str, retry: Retry) -> int:
+def _rewrite_without(output: Location, path: str, policy: str, retry: Retry) -> int:
     """Replace one data file by itself without its retried rows (or delete it when none remain)."""
     fs = output.filesystem()
     table = retry.call(f"reading {output.uri_of(path)}", lambda: pq.read_table(path, filesystem=fs))
@@ -63,12 +62,5 @@ def _rewrite_without(output: Location, run_id: str, path: str, policy: str, retr
     if kept.num_rows == 0:
         retry.call(f"deleting {output.uri_of(path)}", lambda: fs.delete_file(path))
         return table.num_rows
-    staged = staged_file(output, run_id, f"rewrite-{posixpath.basename(path)}")
-
-    def write() -> None:
-        fs.create_dir(posixpath.dirname(staged), recursive=True)
-        pq.write_table(kept, staged, filesystem=fs, compression="zstd")
-
-    retry.call(f"writing {output.uri_of(staged)}", write)
-    retry.call(f"replacing {output.uri_of(path)}", lambda: fs.move(staged, path))  # one atomic replacement
+    retry.call(f"replacing {output.uri_of(path)}", lambda: write_parquet(fs, path, [kept], kept.schema))
     return table.num_rows - kept.num_rows

@@ -1,18 +1,18 @@
-"""The writer: the driver turns the stream of labelled rows into complete Parquet files, committed as it goes.
+"""The driver's side of writing: it sees one small record per file the workers wrote, and commits them.
 
-Rows reach the driver as Ray Data streams them (`Dataset.iter_batches`); the
-writer buffers them and writes one file when it holds `rows_per_file` rows,
-or `commit_every_s` after its first row, whichever comes first, and on demand
-(`flush`: the end of the run, Ctrl-C, SIGTERM). So an interrupted run keeps
-all but the last seconds of its work, and the driver sees every row as it
-lands (live progress). Writing in the driver also makes commits simple: file
-names are a sequence of the run's own, a Ray task retry never writes a file,
-and the lease is checked before each commit in one place.
-- incremental: each file is staged (`_sfp/staging/<run>/`) and moved into
-  the current data folder, one rename (or one copy on object stores);
-- overwrite: each file goes straight into the run's own new data folder,
-  which no pointer names until `commit_overwrite` flips it (docs/design.md,
-  "Output layout").
+The encode stage's rows never reach the driver. Workers stage each block of
+labelled rows (`output.parts.stage_part`, where no reader looks) and the
+driver receives a record per staged part; it groups them into data files of
+at most `rows_per_file` rows and has a Ray task merge each group into its
+data file (`output.parts.merge_parts`). A group is merged when it is full,
+when its first part waited `commit_every_s`, and on demand (`flush`: the end
+of the run, Ctrl-C, SIGTERM), so an interrupted run keeps every part whose
+record reached the driver.
+- incremental: data files go straight into the current data folder, so
+  writing one is its commit; the lease is checked once before each round of
+  merges (not per file);
+- overwrite: they go into the run's own new data folder, which no pointer
+  names until `commit_overwrite` flips it (docs/design.md, "Output layout").
 Storage calls ride out outages (`retry.Retry`).
 """
 
@@ -24,18 +24,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
+import ray
 
 from .lease import LeaseClaim
 from .output import (
-    STATUS_OK,
+    PartRecord,
+    PartWriting,
     Pointer,
-    data_file,
     data_file_name,
     data_folder,
-    staged_file,
+    folder_files,
+    merge_parts,
+    relative_path,
     staging_dir,
     stale_folders,
 )
@@ -59,37 +60,37 @@ class WriterSettings:
     commit_each_file: bool  # incremental: into the current folder at once; overwrite: into the run's folder
 
 
-class OutputWriter:
-    """Buffers rows in the driver and commits them as complete Parquet files (see the module's docstring).
+class PartCommitter:
+    """Turns staged-part records into committed data files, merged by Ray tasks (see the module's docstring).
 
-    `add` and `flush` may be called from different threads (a timer flushes a
-    buffer that waited `commit_every_s`); one lock keeps a file whole.
+    `add` and `flush` may be called from different threads (a timer merges a group that waited
+    `commit_every_s`); one lock keeps the bookkeeping whole.
     """
 
     def __init__(
         self,
-        output: Location,
-        run_id: str,
+        writing: PartWriting,
         folder: str,
-        schema: pa.Schema,
         settings: WriterSettings,
         *,
         claim: LeaseClaim,
-        retry: Retry,
+        merge_cpus: float,
     ):
-        self.output = output
-        self.run_id = run_id
+        self.writing = writing
         self.folder = folder
-        self.schema = schema
         self.settings = settings
         self.claim = claim
-        self.retry = retry
         self.written: list[WrittenFile] = []
-        self._buffer: list[pa.Table] = []
-        self._buffered_rows = 0
-        self._first_row_at: float | None = None
+        self._pending: list[PartRecord] = []  # staged parts no merge has taken yet
+        self._first_at: float | None = None  # when the oldest pending part arrived
+        self._merging: dict[ray.ObjectRef, int] = {}  # merge task -> the rows it was given
+        self._launched = 0  # merges started: the sequence number of the next data file
         self._lock = threading.Lock()
-        self._created = False
+        self._merge = ray.remote(merge_parts).options(num_cpus=merge_cpus)
+
+    @property
+    def output(self) -> Location:
+        return self.writing.output
 
     @property
     def commit_each_file(self) -> bool:
@@ -99,79 +100,81 @@ class OutputWriter:
     def rows(self) -> int:
         return sum(f.rows for f in self.written)
 
-    def add(self, rows: pa.Table) -> tuple[int, int]:
-        """Buffer labelled rows; write a file whenever the buffer is full. Returns (ok, error) rows added."""
-        ok = _ok_rows(rows)
+    def add(self, records: pa.Table) -> tuple[int, int]:
+        """Take records of staged parts; merge each full group. Returns (ok, error) rows they hold."""
+        parts = PartRecord.rows_of(records)
         with self._lock:
-            if rows.num_rows:
-                self._buffer.append(rows.cast(self.schema))
-                self._buffered_rows += rows.num_rows
-                self._first_row_at = self._first_row_at or time.monotonic()
-            while self._buffered_rows >= self.settings.rows_per_file:
-                self._write_buffer(self.settings.rows_per_file)
-        return ok, rows.num_rows - ok
+            if parts:
+                self._pending += parts
+                self._first_at = self._first_at or time.monotonic()
+            self._launch(whole_groups_only=True)
+            self._collect(wait=False)
+        ok = sum(p.ok for p in parts)
+        return ok, sum(p.rows for p in parts) - ok
 
     def flush_if_due(self) -> None:
-        """Write the buffer if its first row waited `commit_every_s` (called by a timer)."""
+        """Merge what is pending if its first part waited `commit_every_s` (called by a timer)."""
         with self._lock:
-            started = self._first_row_at
+            started = self._first_at
             if started is not None and time.monotonic() - started >= self.settings.commit_every_s:
-                self._write_buffer()
+                self._launch(whole_groups_only=False)
+            self._collect(wait=False)
 
     def flush(self) -> None:
-        """Write whatever is buffered (the end of the run, or an interruption)."""
+        """Merge everything pending and wait for every merge (the end of the run, or an interruption)."""
         with self._lock:
-            self._write_buffer()
+            self._launch(whole_groups_only=False)
+            self._collect(wait=True)
 
-    def _write_buffer(self, rows: int | None = None) -> None:
-        """Write the first `rows` buffered rows (all by default) as one file; the rest stay buffered.
-
-        The buffer gives the rows up after the file is written where no reader looks and before it is
-        committed: an interruption (Ctrl-C and SIGTERM raise anywhere in this thread) or a failed commit
-        can then cost this run those rows, which the next run labels, but never commits them twice.
-        """
-        if not self._buffered_rows:
+    def _launch(self, *, whole_groups_only: bool) -> None:
+        groups = self._take_groups(whole_groups_only)
+        if not groups:
             return
-        table = pa.concat_tables(self._buffer)
-        rows = table.num_rows if rows is None else rows
-        part, rest = table.slice(0, rows), table.slice(rows)
-        name = data_file_name(self.run_id, len(self.written))
-        first, final = self._write_file(part, name)
-        self.written.append(WrittenFile(f"{self.folder}/{name}", part.num_rows, _ok_rows(part)))
-        self._buffer, self._buffered_rows = ([rest], rest.num_rows) if rest.num_rows else ([], 0)
-        self._first_row_at = time.monotonic() if rest.num_rows else None
-        if self.commit_each_file:
-            self.claim.verify(self.retry)
-            _move(self.output, first, final, self.retry)
+        if self.commit_each_file:  # the merged files are commits: once per round, the run must still hold the output
+            self.claim.verify(self.writing.retry)
+        for group in groups:
+            name = data_file_name(self.writing.run_id, self._launched)
+            task = self._merge.remote(self.writing, [p.file for p in group], self.folder, name)
+            self._merging[task] = sum(p.rows for p in group)
+            self._launched += 1
+        self._first_at = time.monotonic() if self._pending else None
 
-    def _write_file(self, table: pa.Table, name: str) -> tuple[str, str]:
-        """Write `table` where no reader looks yet; (that path, the committed path)."""
-        fs = self.output.filesystem()
-        final = data_file(self.output, self.folder, name)
-        first = staged_file(self.output, self.run_id, name) if self.commit_each_file else final
-        if not self._created:
-            folders = [data_folder(self.output, self.folder)]
-            folders += [staging_dir(self.output, self.run_id)] if self.commit_each_file else []
-            for folder in folders:
-                self.retry.call(f"creating {self.output.uri_of(folder)}", lambda f=folder: fs.create_dir(f))
-            self._created = True
-        self.retry.call(
-            f"writing {self.output.uri_of(first)}",
-            lambda: pq.write_table(table, first, filesystem=fs, compression="zstd"),
-        )
-        return first, final
+    def _take_groups(self, whole_groups_only: bool) -> list[list[PartRecord]]:
+        """Pending parts in arrival order, cut into groups of at most `rows_per_file` rows."""
+        groups: list[list[PartRecord]] = []
+        group: list[PartRecord] = []
+        rows = 0
+        limit = self.settings.rows_per_file
+        for part in self._pending:
+            if group and rows + part.rows > limit:
+                groups.append(group)
+                group, rows = [], 0
+            group.append(part)
+            rows += part.rows
+        if group and (rows >= limit or not whole_groups_only):
+            groups.append(group)
+            group = []
+        self._pending = group
+        return groups
 
-
-def _ok_rows(rows: pa.Table) -> int:
-    if not rows.num_rows:
-        return 0
-    return pc.sum(pc.equal(rows.column("status"), STATUS_OK)).as_py() or 0
+    def _collect(self, *, wait: bool) -> None:
+        """Count the merges that finished (all of them, waiting, when `wait`)."""
+        if not self._merging:
+            return
+        tasks = list(self._merging)
+        done, _ = ray.wait(tasks, num_returns=len(tasks), timeout=None if wait else 0)
+        for task in done:
+            record: PartRecord = ray.get(task)
+            expected = self._merging.pop(task)
+            if record.rows != expected:
+                raise RuntimeError(f"{record.file} holds {record.rows} rows, {expected} were merged into it")
+            self.written.append(WrittenFile(record.file, record.rows, record.ok))
 
 
 class FlushTimer:
     """Calls `writer.flush_if_due` every second while the run streams, from a daemon thread."""
 
-    def __init__(self, writer: OutputWriter):
+    def __init__(self, writer: PartCommitter):
         self.writer = writer
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="sfp-flush", daemon=True)
@@ -194,20 +197,6 @@ class FlushTimer:
             except BaseException as exc:  # raised again in the driver's thread when the stream ends
                 self.error = exc
                 return
-
-
-def _move(output: Location, source: str, target: str, retry: Retry) -> None:
-    """Move a file; finding it already moved (an earlier attempt whose answer was lost) counts as done."""
-    fs = output.filesystem()
-
-    def move() -> None:
-        try:
-            fs.move(source, target)
-        except FileNotFoundError:
-            if fs.get_file_info(target).type != pafs.FileType.File:
-                raise
-
-    retry.call(f"committing {output.uri_of(target)}", move)
 
 
 def _delete(output: Location, path: str, retry: Retry, *, directory: bool = False) -> None:
@@ -266,6 +255,19 @@ def tidy(output: Location, pointer: Pointer | None, retry: Retry) -> Pointer | N
         for folder in expired:
             discard_folder(output, folder, retry)
     return kept
+
+
+def remove_late_files(output: Location, folder: str, keep: set[str], retry: Retry) -> list[str]:
+    """Delete the data files of `folder` that are not in `keep` (relative names); returns what went.
+
+    Called under the lease when a run commits: `keep` holds the files there when the run started and those
+    it wrote, so what else is there was written late by a run that died (an upload still in flight when its
+    driver went), after this run had read which images were labelled: rows this run labelled again.
+    """
+    late = [path for path in folder_files(output, folder, retry) if relative_path(output, path) not in keep]
+    for path in late:
+        _delete(output, path, retry)
+    return [relative_path(output, path) for path in late]
 
 
 def remove_staging(output: Location, retry: Retry, run_id: str | None = None) -> None:

@@ -9,7 +9,6 @@ midway leaves both layouts' parts, and running it again finishes the move.
 
 from __future__ import annotations
 
-import posixpath
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -27,6 +26,7 @@ from .output import (
     manifest_path,
     new_run_id,
     write_card,
+    write_parquet,
 )
 from .output.layout import LEGACY_RUNS_DIR, replace_file
 from .output.reader import OutputError
@@ -61,12 +61,7 @@ def _move_data_file(output: Location, name: str, pointer: Pointer, retry: Retry)
     source, target = output.join(name), data_file(output, pointer.data, name)
     table = retry.call(f"reading {output.uri_of(source)}", lambda: pq.read_table(source, filesystem=fs))
     rows = table.replace_schema_metadata(pointer.identity.schema_metadata())
-
-    def write() -> None:
-        fs.create_dir(posixpath.dirname(target), recursive=True)
-        pq.write_table(rows, target, filesystem=fs, compression="zstd")
-
-    retry.call(f"writing {output.uri_of(target)}", write)
+    retry.call(f"writing {output.uri_of(target)}", lambda: write_parquet(fs, target, [rows], rows.schema))
     retry.call(f"deleting {output.uri_of(source)}", lambda: fs.delete_file(source))
 
 

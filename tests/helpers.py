@@ -136,11 +136,13 @@ def remote_output_table(fs, prefix: str, columns: list[str] | None = None) -> pa
 _SLOW_COMMITS = """
 import time as _time
 import pipeline.sink as _sink
-_commit = _sink._move
-def _slow_commit(*args, **kwargs):
-    _commit(*args, **kwargs)
-    _time.sleep(0.5)
-_sink._move = _slow_commit
+_launch = _sink.PartCommitter._launch
+def _slow_launch(self, *args, **kwargs):
+    launched = self._launched
+    _launch(self, *args, **kwargs)
+    if self._launched != launched:
+        _time.sleep(0.5)
+_sink.PartCommitter._launch = _slow_launch
 """
 
 
@@ -148,9 +150,9 @@ def kill_after_first_commit(driver: str, output: Path, ray_address: str, patienc
     """Run `driver` (Python source that calls `label`) in its own process and SIGKILL it once a data file
     is committed under `output`.
 
-    Each commit in the driver is followed by a pause, as on slow storage: on a fast machine the driver
-    may otherwise receive every row at once and commit them all between two looks at the output, and
-    the kill would land after the run instead of midway.
+    Each round of commits the driver starts is followed by a pause, as on slow storage: on a fast machine
+    the driver may otherwise commit every row between two looks at the output, and the kill would land
+    after the run instead of midway.
     """
     import os
     import signal

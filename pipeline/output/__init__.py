@@ -25,11 +25,13 @@ from .layout import (
     lease_path,
     legacy_files,
     manifest_path,
+    relative_path,
     staged_file,
     staging_dir,
 )
 from .manifest import RUN_FAILED, RUN_RUNNING, RUN_SUCCEEDED, Manifest, RunSummary, iso, new_run_id, package_versions
 from .ownership import foreign_files
+from .parts import PART_RECORD, PartRecord, PartWriting, merge_parts, ok_rows, stage_parts, write_parquet
 from .reader import LabelledOutput, OutputError
 from .rows import (
     DEFAULT_MAX_IMAGE_BYTES,
@@ -68,6 +70,7 @@ __all__ = [
     "LEASE_DIR",
     "META_DIR",
     "OUTLIER_TYPE",
+    "PART_RECORD",
     "REASON_CORRUPT",
     "REASON_DUPLICATE",
     "REASON_NOT_AN_IMAGE",
@@ -93,6 +96,8 @@ __all__ = [
     "LabelledOutput",
     "Manifest",
     "OutputError",
+    "PartRecord",
+    "PartWriting",
     "Pointer",
     "PointerDamaged",
     "RunSummary",
@@ -114,11 +119,16 @@ __all__ = [
     "legacy_files",
     "manifest_path",
     "mask_dtype_for",
+    "merge_parts",
     "new_run_id",
+    "ok_rows",
     "output_schema",
     "package_versions",
+    "relative_path",
+    "stage_parts",
     "staged_file",
     "staging_dir",
     "stale_folders",
     "write_card",
+    "write_parquet",
 ]

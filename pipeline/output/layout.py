@@ -109,6 +109,11 @@ def card_path(output: Location) -> str:
     return output.join(CARD_FILE)
 
 
+def relative_path(output: Location, path: str) -> str:
+    """A filesystem path under the output as records name it: relative to the output root."""
+    return posixpath.relpath(path, output.path)
+
+
 def is_our_data_file(relative: str) -> bool:
     """Whether a path relative to the output root is a data file this project wrote."""
     return bool(_OUR_DATA_FILE.match(relative))

@@ -259,37 +259,3 @@ def test_archive_and_web_filesystems_are_refused_as_storage():
     for uri in ("zip://images::/data/photos.zip", "tar://x::/data/a.tar", "https://example.com/photos/"):
         with pytest.raises(UnsupportedStorage, match=r"not accepted|not supported"):
             Location.parse(uri)
-
-
-def test_the_writer_commits_full_files_and_what_waited_commit_every_s(tmp_path):
-    """rows_per_file splits the stream exactly; a short buffer is committed once its first row waited
-    commit_every_s (by the timer, with no new rows arriving); nothing is lost or written twice."""
-    import time
-
-    import pyarrow.parquet as pq
-    from helpers import ok_row
-
-    from pipeline import SCHEMA
-    from pipeline.lease import OutputLease
-    from pipeline.retry import Retry
-    from pipeline.sink import FlushTimer, OutputWriter, WriterSettings
-    from pipeline.storage import Location
-
-    output = Location.parse(str(tmp_path / "out"))
-    rows = [ok_row(f"{i}.jpg", np.zeros((2, 2), np.uint8)) for i in range(7)]
-    settings = WriterSettings(rows_per_file=3, commit_every_s=0.3, commit_each_file=True)
-    with OutputLease(output, "test") as lease:
-        writer = OutputWriter(output, "r1", "data-r1", SCHEMA, settings, claim=lease.claim, retry=Retry())
-        assert writer.add(pa.Table.from_pylist(rows[:2], schema=SCHEMA)) == (2, 0)
-        assert writer.written == []  # 2 < 3: still buffered
-        writer.add(pa.Table.from_pylist(rows[2:7], schema=SCHEMA))
-        assert [f.rows for f in writer.written] == [3, 3]  # 7 rows: two full files, one row buffered
-        with FlushTimer(writer):
-            deadline = time.monotonic() + 10
-            while len(writer.written) < 3 and time.monotonic() < deadline:
-                time.sleep(0.05)
-        assert [f.rows for f in writer.written] == [3, 3, 1]
-    files = sorted((tmp_path / "out" / "data-r1").glob("*.parquet"))
-    ids = [i for path in files for i in pq.read_table(path).column("image_id").to_pylist()]
-    assert sorted(ids) == sorted(r["image_id"] for r in rows)
-    assert not list((tmp_path / "out" / "_sfp" / "staging" / "r1").glob("*"))  # each file moved on commit

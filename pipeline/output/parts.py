@@ -1,0 +1,172 @@
+"""Data files written by the workers: labelled rows are staged where no reader looks, then merged into data
+files of `rows_per_file` rows, each written once, whole, straight to its final name (docs/design.md,
+"Exactly once").
+
+Both steps run in Ray tasks, so no labelled byte passes through the driver;
+the driver sees one small `PartRecord` per file. A staged part's name comes
+from the ids it holds and a data file's from the run and the driver's own
+sequence, so a retried task writes the same name again rather than a second
+copy; a staged part whose record never reached the driver is simply never
+merged, and goes with the run's staging folder. Writing a data file is the
+commit: a local file is written beside its name and renamed onto it, an
+object is one PUT, so a reader finds it whole or not at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import posixpath
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from ..retry import Retry
+from ..storage import Location
+from .layout import data_file, relative_path, staged_file
+from .rows import STATUS_OK
+
+PARQUET_COMPRESSION = "zstd"
+ROW_GROUP_BYTES = 64 << 20  # rows gathered into one row group of a data file (uncompressed, in memory)
+# What a record of one written file says: where it is (relative to the output root), its rows, and its size.
+PART_RECORD = pa.schema([("file", pa.string()), ("rows", pa.int64()), ("ok", pa.int64()), ("bytes", pa.int64())])
+
+
+@dataclass(frozen=True)
+class PartRecord:
+    """One written file: staged (`_sfp/staging/<run>/...`) or committed (`data-<run>/part-...`)."""
+
+    file: str  # relative to the output root
+    rows: int
+    ok: int
+    bytes: int
+
+    @classmethod
+    def rows_of(cls, table: pa.Table) -> list[PartRecord]:
+        return [cls(**row) for row in table.to_pylist()]
+
+
+@dataclass(frozen=True)
+class PartWriting:
+    """Where a run's parts go and what their rows look like (picklable: it travels to every task)."""
+
+    output: Location
+    run_id: str
+    schema: pa.Schema  # the rows' schema, with the output's identity in its metadata
+    retry: Retry
+    rows_per_file: int  # a staged part holds no more, so groups of parts can make files of at most this
+
+
+def write_parquet(fs: pafs.FileSystem, path: str, tables: Iterable[pa.Table], schema: pa.Schema) -> int:
+    """Write `tables` as one Parquet file, whole or not at all; returns its size in bytes.
+
+    The one write recipe of the output. Consecutive tables share a row group up to `ROW_GROUP_BYTES`, so
+    memory holds about that much, however many rows the file gets. Locally the file is written beside its
+    name and renamed onto it; an object store shows an object only once its upload completed.
+    """
+    local = isinstance(fs, pafs.LocalFileSystem)
+    target = posixpath.join(posixpath.dirname(path), f".writing-{secrets.token_hex(6)}") if local else path
+    fs.create_dir(posixpath.dirname(path), recursive=True)
+    try:
+        with fs.open_output_stream(target) as stream:
+            with pq.ParquetWriter(stream, schema, compression=PARQUET_COMPRESSION) as writer:
+                for group in _row_groups(tables, schema):
+                    writer.write_table(group)
+            size = stream.tell()
+        if local:
+            os.replace(target, path)
+    except BaseException:
+        if local and fs.get_file_info(target).type == pafs.FileType.File:
+            fs.delete_file(target)
+        raise
+    return size
+
+
+def _row_groups(tables: Iterable[pa.Table], schema: pa.Schema) -> Iterable[pa.Table]:
+    pending: list[pa.Table] = []
+    held = 0
+    for table in tables:
+        pending.append(table.cast(schema))
+        held += table.nbytes
+        if held >= ROW_GROUP_BYTES:
+            yield pa.concat_tables(pending)
+            pending, held = [], 0
+    if pending:
+        yield pa.concat_tables(pending)
+
+
+def ok_rows(rows: pa.Table) -> int:
+    if not rows.num_rows:
+        return 0
+    return pc.sum(pc.equal(rows.column("status"), STATUS_OK)).as_py() or 0
+
+
+def stage_parts(rows: pa.Table, *, writing: PartWriting) -> pa.Table:
+    """Labelled rows -> staged Parquet files of at most `rows_per_file` rows -> a `PART_RECORD` row each.
+
+    A Ray stage after encoding. A part is named after the ids it holds, so a retried task rewrites the
+    same file.
+    """
+    records = []
+    output = writing.output
+    fs = output.filesystem()
+    for start in range(0, rows.num_rows, writing.rows_per_file):
+        part = rows.slice(start, writing.rows_per_file)
+        ids = "\n".join(part.column("image_id").to_pylist()).encode()
+        path = staged_file(output, writing.run_id, f"part-{hashlib.sha256(ids).hexdigest()[:24]}.parquet")
+        size = writing.retry.call(
+            f"writing {output.uri_of(path)}", lambda p=part, to=path: write_parquet(fs, to, [p], writing.schema)
+        )
+        records.append(PartRecord(relative_path(output, path), part.num_rows, ok_rows(part), size))
+    return pa.Table.from_pylist([vars(r) for r in records], schema=PART_RECORD)
+
+
+def merge_parts(writing: PartWriting, staged: Sequence[str], folder: str, name: str) -> PartRecord:
+    """Staged parts -> one data file `folder/name`, streamed a part at a time; then the parts go.
+
+    Idempotent: a retry after the file was written (and its parts deleted) finds the file and reports it.
+    """
+    output, retry = writing.output, writing.retry
+    fs = output.filesystem()
+    target = data_file(output, folder, name)
+    sources = [output.join(part) for part in staged]
+
+    def merge() -> PartRecord:
+        present = fs.get_file_info(sources)
+        if any(info.type != pafs.FileType.File for info in present):
+            if fs.get_file_info(target).type == pafs.FileType.File:
+                return _record_of(fs, output, target)
+            missing = [s for s, info in zip(staged, present, strict=True) if info.type != pafs.FileType.File]
+            raise FileNotFoundError(f"staged parts vanished before they were merged: {', '.join(missing[:3])}")
+        counts = {"rows": 0, "ok": 0}
+
+        def tables() -> Iterable[pa.Table]:
+            for source in sources:
+                table = pq.read_table(source, filesystem=fs)
+                counts["rows"] += table.num_rows
+                counts["ok"] += ok_rows(table)
+                yield table
+
+        size = write_parquet(fs, target, tables(), writing.schema)
+        return PartRecord(relative_path(output, target), counts["rows"], counts["ok"], size)
+
+    record = retry.call(f"writing {output.uri_of(target)}", merge)
+    for source in sources:
+        retry.call(f"deleting {output.uri_of(source)}", lambda s=source: _delete_if_there(fs, s))
+    return record
+
+
+def _record_of(fs: pafs.FileSystem, output: Location, path: str) -> PartRecord:
+    table = pq.read_table(path, filesystem=fs, columns=["status"])
+    return PartRecord(relative_path(output, path), table.num_rows, ok_rows(table), fs.get_file_info(path).size)
+
+
+def _delete_if_there(fs: pafs.FileSystem, path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        fs.delete_file(path)
