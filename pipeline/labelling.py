@@ -203,6 +203,7 @@ def label(request: LabelRequest, display: RunDisplay | None = None) -> RunSummar
             pending, total = _label_todo(run, writer)
             current = _commit(run, lease, writer, pending, previous, present)
         except BaseException as exc:
+            writer.abandon()
             cause = _user_facing(exc, run)
             _record_failure(run, manifest, cause, writer)
             if cause is exc:

@@ -62,5 +62,5 @@ def _rewrite_without(output: Location, path: str, policy: str, retry: Retry) -> 
     if kept.num_rows == 0:
         retry.call(f"deleting {output.uri_of(path)}", lambda: fs.delete_file(path))
         return table.num_rows
-    retry.call(f"replacing {output.uri_of(path)}", lambda: write_parquet(fs, path, [kept], kept.schema))
+    retry.call(f"replacing {output.uri_of(path)}", lambda: write_parquet(output, path, [kept], kept.schema))
     return table.num_rows - kept.num_rows

@@ -126,6 +126,13 @@ class PartCommitter:
             self._launch(whole_groups_only=False)
             self._collect(wait=True)
 
+    def abandon(self) -> None:
+        """Stop the merges still running (the run failed): none of them may write after its failure is
+        recorded. A merge stopped midway leaves no data file; its parts go with the staging folder."""
+        for task in list(self._merging):
+            ray.cancel(task)
+        self._merging.clear()
+
     def _launch(self, *, whole_groups_only: bool) -> None:
         groups = self._take_groups(whole_groups_only)
         if not groups:

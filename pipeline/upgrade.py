@@ -61,7 +61,7 @@ def _move_data_file(output: Location, name: str, pointer: Pointer, retry: Retry)
     source, target = output.join(name), data_file(output, pointer.data, name)
     table = retry.call(f"reading {output.uri_of(source)}", lambda: pq.read_table(source, filesystem=fs))
     rows = table.replace_schema_metadata(pointer.identity.schema_metadata())
-    retry.call(f"writing {output.uri_of(target)}", lambda: write_parquet(fs, target, [rows], rows.schema))
+    retry.call(f"writing {output.uri_of(target)}", lambda: write_parquet(output, target, [rows], rows.schema))
     retry.call(f"deleting {output.uri_of(source)}", lambda: fs.delete_file(source))
 
 

@@ -19,7 +19,9 @@ import hashlib
 import os
 import posixpath
 import secrets
+from collections import deque
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -33,6 +35,7 @@ from .layout import data_file, relative_path, staged_file
 from .rows import STATUS_OK
 
 PARQUET_COMPRESSION = "zstd"
+MERGE_READ_THREADS = 8  # staged parts a merge fetches at once
 ROW_GROUP_BYTES = 64 << 20  # rows gathered into one row group of a data file (uncompressed, in memory)
 # What a record of one written file says: where it is (relative to the output root), its rows, and its size.
 PART_RECORD = pa.schema([("file", pa.string()), ("rows", pa.int64()), ("ok", pa.int64()), ("bytes", pa.int64())])
@@ -63,29 +66,38 @@ class PartWriting:
     rows_per_file: int  # a staged part holds no more, so groups of parts can make files of at most this
 
 
-def write_parquet(fs: pafs.FileSystem, path: str, tables: Iterable[pa.Table], schema: pa.Schema) -> int:
-    """Write `tables` as one Parquet file, whole or not at all; returns its size in bytes.
+def write_parquet(output: Location, path: str, tables: Iterable[pa.Table], schema: pa.Schema) -> int:
+    """Write `tables` as one Parquet file at `path` under `output`, whole or not at all; returns its size.
 
-    The one write recipe of the output. Consecutive tables share a row group up to `ROW_GROUP_BYTES`, so
-    memory holds about that much, however many rows the file gets. Locally the file is written beside its
-    name and renamed onto it; an object store shows an object only once its upload completed.
+    The one write recipe of the output. Consecutive tables share a row group up to `ROW_GROUP_BYTES`.
+    Locally the file is streamed beside its name and renamed onto it. On object stores it is built in
+    memory and sent in one PUT (a multipart upload aborted on failure): a streamed upload interrupted by
+    an error would still be completed when its stream closes, leaving a file cut short under its name.
     """
-    local = isinstance(fs, pafs.LocalFileSystem)
-    target = posixpath.join(posixpath.dirname(path), f".writing-{secrets.token_hex(6)}") if local else path
-    fs.create_dir(posixpath.dirname(path), recursive=True)
-    try:
-        with fs.open_output_stream(target) as stream:
-            with pq.ParquetWriter(stream, schema, compression=PARQUET_COMPRESSION) as writer:
-                for group in _row_groups(tables, schema):
-                    writer.write_table(group)
-            size = stream.tell()
-        if local:
-            os.replace(target, path)
-    except BaseException:
-        if local and fs.get_file_info(target).type == pafs.FileType.File:
-            fs.delete_file(target)
-        raise
+    fs = output.filesystem()
+    if isinstance(fs, pafs.LocalFileSystem):
+        partial = posixpath.join(posixpath.dirname(path), f".writing-{secrets.token_hex(6)}")
+        fs.create_dir(posixpath.dirname(path), recursive=True)
+        try:
+            with fs.open_output_stream(partial) as stream:
+                size = _write_to(stream, tables, schema)
+            os.replace(partial, path)
+        except BaseException:
+            if fs.get_file_info(partial).type == pafs.FileType.File:
+                fs.delete_file(partial)
+            raise
+        return size
+    buffer = pa.BufferOutputStream()
+    size = _write_to(buffer, tables, schema)
+    output.fsspec().pipe_file(path, buffer.getvalue().to_pybytes())
     return size
+
+
+def _write_to(stream: pa.NativeFile, tables: Iterable[pa.Table], schema: pa.Schema) -> int:
+    with pq.ParquetWriter(stream, schema, compression=PARQUET_COMPRESSION) as writer:
+        for group in _row_groups(tables, schema):
+            writer.write_table(group)
+    return stream.tell()
 
 
 def _row_groups(tables: Iterable[pa.Table], schema: pa.Schema) -> Iterable[pa.Table]:
@@ -115,13 +127,12 @@ def stage_parts(rows: pa.Table, *, writing: PartWriting) -> pa.Table:
     """
     records = []
     output = writing.output
-    fs = output.filesystem()
     for start in range(0, rows.num_rows, writing.rows_per_file):
         part = rows.slice(start, writing.rows_per_file)
         ids = "\n".join(part.column("image_id").to_pylist()).encode()
         path = staged_file(output, writing.run_id, f"part-{hashlib.sha256(ids).hexdigest()[:24]}.parquet")
         size = writing.retry.call(
-            f"writing {output.uri_of(path)}", lambda p=part, to=path: write_parquet(fs, to, [p], writing.schema)
+            f"writing {output.uri_of(path)}", lambda p=part, to=path: write_parquet(output, to, [p], writing.schema)
         )
         records.append(PartRecord(relative_path(output, path), part.num_rows, ok_rows(part), size))
     return pa.Table.from_pylist([vars(r) for r in records], schema=PART_RECORD)
@@ -147,13 +158,22 @@ def merge_parts(writing: PartWriting, staged: Sequence[str], folder: str, name: 
         counts = {"rows": 0, "ok": 0}
 
         def tables() -> Iterable[pa.Table]:
-            for source in sources:
-                table = pq.read_table(source, filesystem=fs)
-                counts["rows"] += table.num_rows
-                counts["ok"] += ok_rows(table)
-                yield table
+            # Parts are small and each is one request: a few are fetched ahead, in order, never all at once.
+            with ThreadPoolExecutor(max_workers=MERGE_READ_THREADS) as pool:
+                ahead: deque[Future[pa.Table]] = deque()
+                for source in sources:
+                    ahead.append(pool.submit(pq.read_table, source, filesystem=fs))
+                    if len(ahead) > MERGE_READ_THREADS:
+                        yield counted(ahead.popleft().result())
+                while ahead:
+                    yield counted(ahead.popleft().result())
 
-        size = write_parquet(fs, target, tables(), writing.schema)
+        def counted(table: pa.Table) -> pa.Table:
+            counts["rows"] += table.num_rows
+            counts["ok"] += ok_rows(table)
+            return table
+
+        size = write_parquet(output, target, tables(), writing.schema)
         return PartRecord(relative_path(output, target), counts["rows"], counts["ok"], size)
 
     record = retry.call(f"writing {output.uri_of(target)}", merge)

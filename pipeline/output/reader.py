@@ -73,8 +73,10 @@ class LabelledOutput:
             raise LegacyOutputLayout(legacy_advice(uri, legacy))
         pointer = Pointer.read(location, retry)
         files = folder_files(location, pointer.data, retry) if pointer else []
+        # Before its first file is committed an output still has its columns: an empty table, not no table.
+        schema = pointer.identity.schema() if pointer and not files else None
         try:
-            dataset = ds.dataset(files, filesystem=fs, format="parquet")
+            dataset = ds.dataset(files, schema=schema, filesystem=fs, format="parquet")
         except (pa.ArrowInvalid, OSError) as exc:
             raise OutputError(f"{uri}: not a Parquet output ({exc})") from exc
         return cls(uri, location, dataset, Manifest.read_all(location, retry), pointer)

@@ -163,3 +163,24 @@ def test_no_labelled_row_passes_through_the_driver(ray_local, image_corpus, tmp_
     summary = run_label(str(tmp_path / "in"), str(tmp_path / "out"), mode="overwrite", confidence=True, **RUN)
     assert summary.ok == 4 and seen
     assert all(columns == ["file", "rows", "ok", "bytes"] for columns in seen)
+
+
+def test_an_output_before_its_first_commit_reads_as_an_empty_table(tmp_path):
+    """The first incremental run writes the pointer before any file: readers get no rows, with the columns."""
+    from pipeline import LabelledOutput, read_labels
+    from pipeline.output import LabelIdentity, Pointer
+
+    identity = LabelIdentity(
+        arch="SFP-Tiny-16",
+        weights="random",
+        classes=[["background"], ["cat"]],
+        vocabulary_fingerprint="f",
+        config={},
+        config_hash="c",
+    )
+    output = Location.parse(str(tmp_path / "out"))
+    Pointer(data="data-r1", identity=identity, created_by="r1").write(output, Retry())
+    opened = LabelledOutput.open(str(tmp_path / "out"))
+    table = opened.dataset.to_table(columns=["image_id", "mask_png", "status"])
+    assert table.num_rows == 0 and table.column_names == ["image_id", "mask_png", "status"]
+    assert list(read_labels(str(tmp_path / "out"))) == []
