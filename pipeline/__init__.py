@@ -55,7 +55,7 @@ from .request import (
 )
 from .resume import read_image_ids
 from .secrets import ADVICE as SECRET_ADVICE
-from .secrets import find_secrets, is_secret_name
+from .secrets import environment_secrets, find_secrets, is_secret_name
 from .storage import fsspec_options, is_local_uri, path_of_uri
 
 if TYPE_CHECKING:
@@ -107,6 +107,7 @@ __all__ = [
     "UnsupportedStorage",
     "decode_image",
     "ensure_ray",
+    "environment_secrets",
     "find_secrets",
     "fsspec_options",
     "is_local_uri",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from sfp_core import URI_WITH_PASSWORD
@@ -109,9 +109,15 @@ def find_secrets(data: Any, path: str = "") -> Iterator[tuple[str, str]]:
         yield path, f"value looks like {kind}; job files must not hold secrets: {ADVICE}"
 
 
+def environment_secrets(environ: Mapping[str, str] | None = None) -> set[str]:
+    """The values of the credential-named variables of an environment (the process's by default)."""
+    environ = os.environ if environ is None else environ
+    return {value for name, value in environ.items() if len(value) >= MIN_ENV_SECRET_LENGTH and is_secret_env(name)}
+
+
 def secret_values(*option_sets: Any) -> set[str]:
     """Every credential value in option mappings (recursively) and in the process environment."""
-    found = {value for name, value in os.environ.items() if len(value) >= MIN_ENV_SECRET_LENGTH and is_secret_env(name)}
+    found = environment_secrets()
 
     def collect(value: Any, secret: bool) -> None:
         if isinstance(value, dict):

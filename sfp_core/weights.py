@@ -23,7 +23,7 @@ import torch
 
 from .errors import RetryableError, UserError
 from .torchscript import ArchiveError, is_torchscript_archive, read_archive_tensors
-from .uris import check_uri, public_uri, without_user_info
+from .uris import check_uri, public_uri, strip_user_info, user_info, without_user_info
 
 log = logging.getLogger(__name__)
 
@@ -123,24 +123,38 @@ def fetch_uri(uri: str, storage_options: dict[str, Any] | None, cache_dir: Path 
 
 
 def remote_fingerprint(uri: str, storage_options: dict[str, Any] | None) -> tuple[Any, str, str]:
-    """(fsspec filesystem, path, fingerprint) of a remote checkpoint: one HEAD, nothing downloaded."""
+    """(fsspec filesystem, path, fingerprint) of a remote checkpoint: one HEAD, nothing downloaded.
+
+    User info in the URI (`s3://KEY:SECRET@bucket/...`, the secret may hold `/`) is taken out of it and
+    passed as the storage's `key` / `secret`; no message says it.
+    """
     import fsspec
 
     check_uri(uri, "weights")
+    options = dict(storage_options or {})
+    user, password = user_info(uri)
+    if user or password:
+        options.setdefault("key", user)
+        options.setdefault("secret", password)
+    shown = public_uri(uri)
+
+    def said(exc: Exception) -> str:
+        text = without_user_info(str(exc))
+        for secret in (user, password):
+            text = text.replace(secret, "***") if secret else text
+        return text
+
     try:
-        fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+        fs, path = fsspec.core.url_to_fs(strip_user_info(uri), **options)
         return fs, path, fs.ukey(path)
     except FileNotFoundError as exc:
-        raise WeightsError(f"weights {public_uri(uri)} not found") from exc
+        raise WeightsError(f"weights {shown} not found") from exc
     except PermissionError as exc:
         raise WeightsError(
-            f"weights {public_uri(uri)}: access denied ({without_user_info(str(exc))}); "
-            "check the credentials in the environment"
+            f"weights {shown}: access denied ({said(exc)}); check the credentials in the environment"
         ) from exc
     except Exception as exc:
-        raise WeightsUnavailable(
-            f"cannot reach weights {public_uri(uri)}: {type(exc).__name__}: {without_user_info(str(exc))}"
-        ) from exc
+        raise WeightsUnavailable(f"cannot reach weights {shown}: {type(exc).__name__}: {said(exc)}") from exc
 
 
 def _is_safetensors(head: bytes) -> bool:

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from pipeline import find_secrets, is_secret_name
+from pipeline import environment_secrets, find_secrets, is_secret_name
 from sfp_core.vocabulary import read_small_text
 
 from .errors import JobError
@@ -92,16 +92,26 @@ def _load(text: str, source: str) -> Any:
 def interpolate(data: Any, environ: Mapping[str, str], issues: list[tuple[str, str]], path: str = "") -> Any:
     """Replace `${VAR}` and `${VAR:-default}` in string values; `$$` is a literal `$`.
 
-    Variables whose names look like credentials are refused: job files
-    describe runs, and interpolating a secret would copy it into manifests.
+    Variables whose names look like credentials are refused, and so are
+    values that are a credential of the environment under another name: job
+    files describe runs, and interpolating a secret would copy it into
+    manifests. (Values shaped like credentials are refused after
+    interpolation, with literal ones: `find_secrets`.)
     """
+    credentials = environment_secrets(environ)
+    return _interpolate(data, environ, credentials, issues, path)
+
+
+def _interpolate(
+    data: Any, environ: Mapping[str, str], credentials: set[str], issues: list[tuple[str, str]], path: str
+) -> Any:
     if isinstance(data, dict):
         return {
-            key: interpolate(value, environ, issues, f"{path}.{key}" if path else str(key))
+            key: _interpolate(value, environ, credentials, issues, f"{path}.{key}" if path else str(key))
             for key, value in data.items()
         }
     if isinstance(data, list):
-        return [interpolate(value, environ, issues, f"{path}.{index}") for index, value in enumerate(data)]
+        return [_interpolate(v, environ, credentials, issues, f"{path}.{i}") for i, v in enumerate(data)]
     if not isinstance(data, str):
         return data
 
@@ -111,6 +121,9 @@ def interpolate(data: Any, environ: Mapping[str, str], issues: list[tuple[str, s
             return "$"
         if is_secret_name(name):
             issues.append((path, f"${{{name}}} looks like a credential; only non-secret values may be interpolated"))
+            return ""
+        if name in environ and environ[name] in credentials:
+            issues.append((path, f"${{{name}}} holds a credential; only non-secret values may be interpolated"))
             return ""
         if name in environ:
             return environ[name]

@@ -157,6 +157,16 @@ BAD = {
     ),
     "unset variable": (_merge("input: {uri: '${SFP_TEST_UNSET}'}"), "input.uri", "SFP_TEST_UNSET is not set"),
     "secret variable": (_merge("input: {uri: 's3://${AWS_SECRET_ACCESS_KEY}/x'}"), "input.uri", "only non-secret"),
+    "a variable holding a credential of the environment": (
+        _merge("input: {uri: 's3://b/${SFP_TEST_COPY}'}"),
+        "input.uri",
+        "holds a credential",
+    ),
+    "a variable holding a URI with a password": (
+        _merge("output: {uri: '${SFP_TEST_OUT_URI}'}"),
+        "output.uri",
+        "URL with a password",
+    ),
     "duplicate key": (BASE + "input: {uri: again}", "duplicate key 'input'", "line 6"),
     "broken yaml": (BASE + "sfp: {top_k: [1, 2}", "not valid YAML", "line"),
     "not a mapping": ("- input\n- output\n", "a job file is a YAML mapping", "list"),
@@ -167,10 +177,15 @@ BAD = {
 def test_bad_job_files_name_their_field(tmp_path, case, monkeypatch):
     monkeypatch.chdir(ROOT)
     text, field, detail = BAD[case]
-    message = problems(tmp_path, text, env={"AWS_SECRET_ACCESS_KEY": "hunter2hunter2"})
+    env = {
+        "AWS_SECRET_ACCESS_KEY": "hunter2hunter2",
+        "SFP_TEST_COPY": "hunter2hunter2",
+        "SFP_TEST_OUT_URI": "s3://AKEY:hunter2/hunter2@bucket/out",
+    }
+    message = problems(tmp_path, text, env=env)
     assert field in message
     assert detail in message
-    assert "hunter2hunter2" not in message and FAKE_AWS_KEY_ID not in message
+    assert "hunter2hunter2" not in message and FAKE_AWS_KEY_ID not in message and "hunter2/" not in message
 
 
 def test_all_problems_are_reported_at_once(tmp_path):

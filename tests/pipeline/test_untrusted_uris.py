@@ -150,3 +150,16 @@ def test_uris_name_keys_as_data_and_read_back_what_uri_of_wrote(tmp_path):
             location = Location.parse(uri)
             with location.filesystem().open_input_stream(location.path) as stream:
                 assert stream.read() == name.encode(), uri
+
+
+def test_weights_uri_credentials_never_reach_a_message():
+    """A weights URI with user info (the secret holding `/`) is refused in job files; from Python its
+    credentials go to the storage options, and what the failure says holds neither part."""
+    from sfp_core import WeightsUnavailable
+
+    options = {"endpoint_url": "http://127.0.0.1:9", "config_kwargs": {"retries": {"max_attempts": 1}}}
+    with pytest.raises(WeightsUnavailable) as failed:
+        check_weights("SFP-Tiny-16", "s3://AKEYID77:pass/word99@bucket/w.pt", storage_options=options)
+    message = str(failed.value)
+    assert "s3://bucket/w.pt" in message
+    assert "pass" not in message and "word99" not in message and "AKEYID77" not in message
