@@ -11,7 +11,7 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import ray
@@ -27,6 +27,7 @@ from .inputs import InputReader, KnownIds, Tally, start_ledger
 from .lease import OutputLease
 from .output import (
     RUN_SUCCEEDED,
+    FileCount,
     Manifest,
     PartWriting,
     Pointer,
@@ -55,6 +56,7 @@ from .sink import (
     FlushTimer,
     PartCommitter,
     WriterSettings,
+    WrittenFile,
     commit_overwrite,
     discard_folder,
     remove_late_files,
@@ -211,7 +213,7 @@ def label(request: LabelRequest, display: RunDisplay | None = None) -> RunSummar
             raise cause from exc
         summary = run.summary(writer, total, pending)
         manifest.succeeded(summary, time.time()).write(run.output, run.redact, run.retry)
-        _write_card(run, current)
+        _write_card(run, current, written=writer.written)
     log.info(run.redact(summary.one_line()))
     return summary
 
@@ -246,14 +248,16 @@ def _data_folder(run: _Run, pointer: Pointer | None) -> str:
     return folder
 
 
-def _write_card(run: _Run, pointer: Pointer, retry: Retry | None = None) -> None:
-    """(Re)write the dataset card, unless the README.md there is someone else's (`allow_foreign_files`)."""
+def _write_card(run: _Run, pointer: Pointer, retry: Retry | None = None, written: Sequence[WrittenFile] = ()) -> None:
+    """(Re)write the dataset card, unless the README.md there is someone else's (`allow_foreign_files`);
+    `written`: the files this run committed, counted from their records."""
     retry = retry or run.retry
     if not is_our_card(run.output, retry):
         log.warning("not writing a dataset card: %s holds a README.md sfp-label did not write", run.output.uri)
         return
     runs = sum(m.status == RUN_SUCCEEDED for m in Manifest.read_all(run.output, retry))
-    write_card(run.output, pointer, runs, retry)
+    known = {f.name: FileCount(size=f.bytes, rows=f.rows, ok=f.ok) for f in written}
+    write_card(run.output, pointer, runs, retry, known)
 
 
 def _label_todo(run: _Run, writer: PartCommitter) -> tuple[int, int]:
@@ -431,7 +435,7 @@ def _record_failure(run: _Run, manifest: Manifest, exc: BaseException, writer: P
         remove_staging(run.output, retry, run.run_id)
         pointer = Pointer.read(run.output, retry)
         if writer.commit_each_file and pointer is not None:
-            _write_card(run, pointer, retry)
+            _write_card(run, pointer, retry, writer.written)
         elif pointer is None or pointer.data != writer.folder:  # an overwrite that never flipped
             discard_folder(run.output, writer.folder, retry)
     except Exception as record_exc:  # the run's own error is the one to raise

@@ -51,6 +51,7 @@ class WrittenFile:
     name: str  # relative to the output root: "<data folder>/<file>"
     rows: int
     ok: int
+    bytes: int
 
 
 @dataclass(frozen=True)
@@ -175,7 +176,7 @@ class PartCommitter:
             expected = self._merging.pop(task)
             if record.rows != expected:
                 raise RuntimeError(f"{record.file} holds {record.rows} rows, {expected} were merged into it")
-            self.written.append(WrittenFile(record.file, record.rows, record.ok))
+            self.written.append(WrittenFile(record.file, record.rows, record.ok, record.bytes))
 
 
 class FlushTimer:

@@ -6,7 +6,7 @@ manifest key themselves; they ask this package (docs/design.md, "Output layout")
 
 from sfp_core import mask_dtype_for
 
-from .card import card_is_current, is_our_card, write_card
+from .card import FileCount, card_is_current, is_our_card, write_card
 from .identity import LabelIdentity
 from .layout import (
     CARD_FILE,
@@ -92,6 +92,7 @@ __all__ = [
     "STATUS_OK",
     "UNREADABLE_NAME",
     "UNREADABLE_NOT_REGULAR",
+    "FileCount",
     "LabelIdentity",
     "LabelledOutput",
     "Manifest",

@@ -4,21 +4,29 @@
 current data folder, the features make `mask_png` / `confidence_png` decode
 as images and `class_ids` carry the class names. The text says what made the
 labels. The card is rewritten whole (`layout.replace_file`) after every run
-and after every pointer flip, from the pointer and the data files' footers.
+and after every pointer flip, from the pointer and the data files' counts.
+
+Counts cost O(new files), not O(output): `_sfp/counts.json` keeps each data
+file's rows and ok rows with its size; a run adds what its records say of
+the files it wrote, and only a file the list does not know at that size (an
+interrupted run's, one rewritten by a relabel, an upgraded one) has its
+status column read.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..retry import Retry
 from ..storage import Location
-from .layout import card_path, folder_files, read_small_file, replace_file
+from .layout import card_path, counts_path, folder_file_sizes, read_small_file, relative_path, replace_file
 from .rows import STATUS_OK
 from .versions import Pointer
 
@@ -39,21 +47,64 @@ def card_is_current(output: Location, pointer: Pointer, retry: Retry) -> bool:
     return raw is not None and f"path: {pointer.data}/*.parquet".encode() in raw
 
 
-def write_card(output: Location, pointer: Pointer, runs: int, retry: Retry) -> None:
-    files = folder_files(output, pointer.data, retry)
-    ok, total = _counts(output, files, retry)
+class FileCount(BaseModel):
+    """One data file's size (which version of it was counted), rows and ok rows."""
+
+    model_config = ConfigDict(frozen=True)
+
+    size: int
+    rows: int
+    ok: int
+
+
+class FolderCounts(BaseModel):
+    """`_sfp/counts.json`: the counted files of one data folder, by their path relative to the output."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    folder: str
+    files: dict[str, FileCount] = {}
+
+
+def write_card(
+    output: Location, pointer: Pointer, runs: int, retry: Retry, known: Mapping[str, FileCount] | None = None
+) -> None:
+    """The card of the current version; `known`: counts of files this run wrote (from its records)."""
+    counts = _counted_files(output, pointer.data, retry, known or {})
+    ok, total = sum(c.ok for c in counts.files.values()), sum(c.rows for c in counts.files.values())
+    replace_file(output, counts_path(output), counts.model_dump_json().encode(), retry)
     text = render_card(pointer, ok=ok, total=total, runs=runs)
     replace_file(output, card_path(output), text.encode(), retry)
 
 
-def _counts(output: Location, files: list[str], retry: Retry) -> tuple[int, int]:
-    """(ok rows, all rows) of the current data folder; only the status column is read."""
-    if not files:
-        return 0, 0
-    dataset = pads.dataset(files, filesystem=output.filesystem(), format="parquet")
-    status = retry.call(f"counting the rows of {output.uri}", lambda: dataset.to_table(columns=["status"]))
+def _counted_files(output: Location, folder: str, retry: Retry, known: Mapping[str, FileCount]) -> FolderCounts:
+    """Every file of `folder` with its counts: remembered or `known` when the size matches, else read."""
+    remembered = _read_counts(output, retry)
+    cached = {**(remembered.files if remembered and remembered.folder == folder else {}), **known}
+    files = {}
+    for path, size in folder_file_sizes(output, folder, retry).items():
+        name = relative_path(output, path)
+        count = cached.get(name)
+        files[name] = count if count is not None and count.size == size else _count(output, path, size, retry)
+    return FolderCounts(folder=folder, files=files)
+
+
+def _read_counts(output: Location, retry: Retry) -> FolderCounts | None:
+    raw = read_small_file(output, counts_path(output), retry)
+    try:
+        return FolderCounts.model_validate_json(raw) if raw is not None else None
+    except ValidationError:  # damaged: counted again from the files
+        return None
+
+
+def _count(output: Location, path: str, size: int, retry: Retry) -> FileCount:
+    """Rows and ok rows of one file; only its status column is read."""
+    fs = output.filesystem()
+    status = retry.call(
+        f"counting the rows of {output.uri_of(path)}", lambda: pq.read_table(path, filesystem=fs, columns=["status"])
+    )
     ok = pc.sum(pc.equal(status.column("status"), STATUS_OK)).as_py() or 0
-    return ok, status.num_rows
+    return FileCount(size=size, rows=status.num_rows, ok=ok)
 
 
 def render_card(pointer: Pointer, *, ok: int, total: int, runs: int) -> str:

@@ -32,6 +32,7 @@ RUNS_DIR = f"{META_DIR}/runs"
 STAGING_DIR = f"{META_DIR}/staging"
 LEASE_DIR = f"{META_DIR}/lease"
 POINTER_FILE = f"{META_DIR}/current.json"
+COUNTS_FILE = f"{META_DIR}/counts.json"  # rows and ok rows per data file of the current folder, for the card
 CARD_FILE = "README.md"
 DATA_FOLDER_PREFIX = "data-"
 DATA_SUFFIX = ".parquet"
@@ -105,6 +106,10 @@ def pointer_path(output: Location) -> str:
     return output.join(POINTER_FILE)
 
 
+def counts_path(output: Location) -> str:
+    return output.join(COUNTS_FILE)
+
+
 def card_path(output: Location) -> str:
     return output.join(CARD_FILE)
 
@@ -132,12 +137,17 @@ def visible_files(output: Location, retry: Retry) -> list[str]:
 
 def folder_files(output: Location, folder: str, retry: Retry) -> list[str]:
     """Paths of the data files in one data folder, sorted (none when it does not exist)."""
+    return sorted(folder_file_sizes(output, folder, retry))
+
+
+def folder_file_sizes(output: Location, folder: str, retry: Retry) -> dict[str, int]:
+    """Path -> size of each data file in one data folder (none when it does not exist): one listing."""
     fs = output.filesystem()
     selector = pafs.FileSelector(data_folder(output, folder), allow_not_found=True)
     entries = retry.call(f"listing {output.uri_of(data_folder(output, folder))}", lambda: fs.get_file_info(selector))
-    return sorted(
-        e.path for e in entries if e.type == pafs.FileType.File and is_our_data_file(f"{folder}/{e.base_name}")
-    )
+    return {
+        e.path: e.size for e in entries if e.type == pafs.FileType.File and is_our_data_file(f"{folder}/{e.base_name}")
+    }
 
 
 def data_folders(output: Location, retry: Retry) -> list[str]:

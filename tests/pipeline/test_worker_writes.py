@@ -184,3 +184,37 @@ def test_an_output_before_its_first_commit_reads_as_an_empty_table(tmp_path):
     table = opened.dataset.to_table(columns=["image_id", "mask_png", "status"])
     assert table.num_rows == 0 and table.column_names == ["image_id", "mask_png", "status"]
     assert list(read_labels(str(tmp_path / "out"))) == []
+
+
+def test_the_card_counts_only_files_it_has_not_counted(tmp_path, monkeypatch):
+    """The card's counts come from `_sfp/counts.json` and the run's records: a file is read only when the
+    list does not know it at its size (added by an interrupted run, or rewritten by a relabel)."""
+    from helpers import error_row, write_output
+
+    import pipeline.output.card as card
+    from pipeline.output import FileCount, Pointer, write_card
+
+    root = write_output(tmp_path / "out", [[ok_row(f"{i}.jpg", np.zeros((2, 2), np.uint8)) for i in range(3)]])
+    output, retry = Location.parse(str(root)), Retry()
+    pointer = Pointer.read(output, retry)
+    reads: list[str] = []
+    real = card._count
+    monkeypatch.setattr(card, "_count", lambda o, path, size, r: reads.append(path) or real(o, path, size, r))
+
+    def title() -> str:
+        return next(line for line in (root / "README.md").read_text().splitlines() if line.startswith("# "))
+
+    write_card(output, pointer, 1, retry)
+    assert title() == "# SFP pseudo-labels: 3 images (3 ok, 0 error rows)" and len(reads) == 1
+    write_card(output, pointer, 1, retry)
+    assert len(reads) == 1  # nothing new: nothing read
+
+    new = root / "data-run1" / "part-9.parquet"
+    pq.write_table(pa.Table.from_pylist([error_row("x.jpg"), error_row("y.jpg")], schema=SCHEMA), new)
+    size = new.stat().st_size
+    write_card(output, pointer, 2, retry, {"data-run1/part-9.parquet": FileCount(size=size, rows=2, ok=0)})
+    assert title() == "# SFP pseudo-labels: 5 images (3 ok, 2 error rows)" and len(reads) == 1  # from the record
+
+    pq.write_table(pa.Table.from_pylist([error_row("x.jpg")], schema=SCHEMA), new)  # a relabel rewrote it
+    write_card(output, pointer, 2, retry)
+    assert title() == "# SFP pseudo-labels: 4 images (3 ok, 1 error rows)" and reads[-1].endswith("part-9.parquet")
