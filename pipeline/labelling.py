@@ -11,8 +11,9 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import ray
 from ray.data import DataContext
@@ -66,6 +67,7 @@ from .sink import (
 from .storage import Location, Redactor, public_options, public_uri, redacted_logs
 
 log = logging.getLogger("pipeline")
+T = TypeVar("T")
 
 # CPU stages are short and partly I/O-bound, so they ask for half a CPU; a
 # resource shape unlike the predictor's also keeps Ray from fusing decoding
@@ -195,8 +197,9 @@ def label(request: LabelRequest, display: RunDisplay | None = None) -> RunSummar
         previous = _prepare_output(run)
         manifest.write(run.output, run.redact, run.retry)
         folder = _data_folder(run, previous)
+        ensure_ray(verbose=run.display.verbose)
         if request.incremental:
-            again = drop_rows_to_relabel(run.output, request.output.retry_errors, run.retry)
+            again = _in_a_task(drop_rows_to_relabel, run.output, request.output.retry_errors, run.retry)
             if again:
                 log.info("%d error rows (%s) will be labelled again", again, request.output.retry_errors)
         present = {relative_path(run.output, path) for path in folder_files(run.output, folder, run.retry)}
@@ -216,6 +219,15 @@ def label(request: LabelRequest, display: RunDisplay | None = None) -> RunSummar
         _write_card(run, current, written=writer.written)
     log.info(run.redact(summary.one_line()))
     return summary
+
+
+def _in_a_task(work: Callable[..., T], *args: Any) -> T:
+    """`work(*args)` run by a Ray task rather than here, for work proportional to the output's bytes (the
+    driver plans and commits); its own error is raised, not Ray's wrapper."""
+    try:
+        return ray.get(ray.remote(work).options(num_cpus=CPU_TASK_CPUS).remote(*args))
+    except ray.exceptions.RayTaskError as exc:
+        raise unwrap_task_error(exc) from None
 
 
 def _writer(run: _Run, folder: str, lease: OutputLease) -> PartCommitter:

@@ -4,7 +4,8 @@
     OUTPUT/data-<run_id>/part-*.parquet       the rows: complete Parquet files only
     OUTPUT/_sfp/current.json                  the pointer: which data folder is the output now
     OUTPUT/_sfp/runs/<run_id>.json            one manifest per run
-    OUTPUT/_sfp/staging/<run_id>/             incremental files not yet committed
+    OUTPUT/_sfp/counts.json                   rows and ok rows per data file, for the card
+    OUTPUT/_sfp/staging/<run_id>/             parts staged by the workers, not yet merged into data files
     OUTPUT/_sfp/lease/<generation>.json       who is writing the output now
 
 A data folder is a version of the output: incremental runs add files to the
