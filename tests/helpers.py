@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +149,14 @@ _sink.PartCommitter._launch = _slow_launch
 
 def kill_after_first_commit(driver: str, output: Path, ray_address: str, patience_s: float = 150) -> None:
     """Run `driver` (Python source that calls `label`) in its own process and SIGKILL it once a data file
-    is committed under `output`.
+    is committed under `output`."""
+    kill_after_commits(driver, lambda: len(list(output.glob("data-*/part-*.parquet"))), 1, ray_address, patience_s)
+
+
+def kill_after_commits(
+    driver: str, committed: Callable[[], int], at_least: int, ray_address: str, patience_s: float = 150
+) -> None:
+    """Run `driver` in its own process and SIGKILL it once `committed()` (data files there) reaches `at_least`.
 
     Each round of commits the driver starts is followed by a pause, as on slow storage: on a fast machine
     the driver may otherwise commit every row between two looks at the output, and the kill would land
@@ -165,7 +173,7 @@ def kill_after_first_commit(driver: str, output: Path, ray_address: str, patienc
         [sys.executable, "-c", _SLOW_COMMITS + driver], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     deadline = time.monotonic() + patience_s
-    while not list(output.glob("data-*/part-*.parquet")):
+    while committed() < at_least:
         assert process.poll() is None, process.stderr.read().decode()[-3000:]
         assert time.monotonic() < deadline, "the driver committed nothing in time"
         time.sleep(0.2)
