@@ -28,6 +28,7 @@ from .inputs.sources import read_source
 from .output import (
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_MAX_PIXELS,
+    DEFAULT_ROWS_PER_FILE,
     RUN_FAILED,
     RUN_RUNNING,
     RUN_SUCCEEDED,
@@ -60,6 +61,7 @@ from .storage import fsspec_options, is_local_uri, path_of_uri
 
 if TYPE_CHECKING:
     from .checks import preflight
+    from .compact import Compaction, compact_output
     from .decode import ImageError, decode_image
     from .labelling import ensure_ray, label
     from .upgrade import upgrade_output
@@ -68,6 +70,7 @@ __all__ = [
     "DEFAULT_EXTENSIONS",
     "DEFAULT_MAX_IMAGE_BYTES",
     "DEFAULT_MAX_PIXELS",
+    "DEFAULT_ROWS_PER_FILE",
     "RUN_FAILED",
     "RUN_RUNNING",
     "RUN_SUCCEEDED",
@@ -75,6 +78,7 @@ __all__ = [
     "SECRET_ADVICE",
     "STATUS_ERROR",
     "STATUS_OK",
+    "Compaction",
     "Destination",
     "ForeignFilesInOutput",
     "ImageError",
@@ -105,6 +109,7 @@ __all__ = [
     "StorageAccessDenied",
     "StorageUnavailable",
     "UnsupportedStorage",
+    "compact_output",
     "decode_image",
     "ensure_ray",
     "environment_secrets",
@@ -134,6 +139,10 @@ def __getattr__(name: str) -> Any:
         from . import checks
 
         return checks.preflight
+    if name in ("compact_output", "Compaction"):
+        from . import compact
+
+        return getattr(compact, name)
     if name == "upgrade_output":
         from . import upgrade
 

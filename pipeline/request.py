@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from sfp_core import SFPConfig, Vocabulary, check_uri, is_uri
 
-from .output import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_PIXELS, SCHEMA, LabelIdentity
+from .output import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_PIXELS, DEFAULT_ROWS_PER_FILE, SCHEMA, LabelIdentity
 from .storage import Redactor, public_uri
 
 # What Pillow decodes and people store; matched case-insensitively (`IMG_0001.JPG`).
@@ -118,7 +118,7 @@ class Destination(RequestSection):
     uri: str = Field(min_length=1, description="local folder, file://, s3://bucket/prefix, gs://...")
     mode: Literal["incremental", "overwrite"] = "incremental"
     confidence: bool = Field(False, description="also store the per-pixel confidence PNG")
-    rows_per_file: int = Field(1000, ge=1, description="rows in one committed data file (at most)")
+    rows_per_file: int = Field(DEFAULT_ROWS_PER_FILE, ge=1, description="rows in one committed data file (at most)")
     commit_every_s: float = Field(
         60.0, gt=0, allow_inf_nan=False, description="commit a file this long after its first row, even if short"
     )

@@ -123,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--split", default="train", help="name of the id list, ImageSets/Segmentation/SPLIT.txt")
     _add_eval_and_render(output_command)
     output_command("upgrade", "move an output written by sfp-label 0.1 into the current layout (labels nothing)")
+    compact = output_command(
+        "compact", "rewrite the current rows into files of --rows-per-file rows, as a new version (labels nothing)"
+    )
+    compact.add_argument(
+        "--rows-per-file", type=int, metavar="N",
+        help="rows in one data file, at most (default: the default of output.rows_per_file)",
+    )  # fmt: skip
     return parser
 
 
@@ -189,6 +196,16 @@ def _output(args: argparse.Namespace) -> ExitCode:
 
         pointer = upgrade_output(args.output, options)
         print(f"upgraded {args.output}: its rows are in {pointer.data}/, described by README.md")
+        return ExitCode.OK
+    if args.command == "compact":
+        from pipeline import DEFAULT_ROWS_PER_FILE, compact_output
+
+        done = compact_output(args.output, options, args.rows_per_file or DEFAULT_ROWS_PER_FILE)
+        if done.after == done.before:
+            print(f"{args.output}: {done.files_before} files of {done.rows} rows; nothing to compact")
+        else:
+            files = f"{done.files_before} -> {done.files_after} files"
+            print(f"compacted {args.output}: {files}, {done.rows} rows, now in {done.after}/")
         return ExitCode.OK
     output = LabelledOutput.open(args.output, options)
     if args.command == "show":

@@ -6,7 +6,7 @@ manifest key themselves; they ask this package (docs/design.md, "Output layout")
 
 from sfp_core import mask_dtype_for
 
-from .card import FileCount, card_is_current, is_our_card, write_card
+from .card import FileCount, card_is_current, counted_files, is_our_card, write_card
 from .identity import LabelIdentity
 from .layout import (
     CARD_FILE,
@@ -31,7 +31,16 @@ from .layout import (
 )
 from .manifest import RUN_FAILED, RUN_RUNNING, RUN_SUCCEEDED, Manifest, RunSummary, iso, new_run_id, package_versions
 from .ownership import foreign_files
-from .parts import PART_RECORD, PartRecord, PartWriting, merge_parts, ok_rows, stage_parts, write_parquet
+from .parts import (
+    DEFAULT_ROWS_PER_FILE,
+    PART_RECORD,
+    PartRecord,
+    PartWriting,
+    merge_parts,
+    ok_rows,
+    stage_parts,
+    write_parquet,
+)
 from .reader import LabelledOutput, OutputError
 from .rows import (
     DEFAULT_MAX_IMAGE_BYTES,
@@ -64,6 +73,7 @@ __all__ = [
     "CARD_FILE",
     "DEFAULT_MAX_IMAGE_BYTES",
     "DEFAULT_MAX_PIXELS",
+    "DEFAULT_ROWS_PER_FILE",
     "ERROR_CLASS_PERMANENT",
     "ERROR_CLASS_TRANSIENT",
     "KEEP_REPLACED_S",
@@ -103,6 +113,7 @@ __all__ = [
     "PointerDamaged",
     "RunSummary",
     "card_is_current",
+    "counted_files",
     "current_files",
     "data_file",
     "data_file_name",

@@ -70,17 +70,19 @@ def write_card(
     output: Location, pointer: Pointer, runs: int, retry: Retry, known: Mapping[str, FileCount] | None = None
 ) -> None:
     """The card of the current version; `known`: counts of files this run wrote (from its records)."""
-    counts = _counted_files(output, pointer.data, retry, known or {})
+    counts = counted_files(output, pointer.data, retry, known or {})
     ok, total = sum(c.ok for c in counts.files.values()), sum(c.rows for c in counts.files.values())
     replace_file(output, counts_path(output), counts.model_dump_json().encode(), retry)
     text = render_card(pointer, ok=ok, total=total, runs=runs)
     replace_file(output, card_path(output), text.encode(), retry)
 
 
-def _counted_files(output: Location, folder: str, retry: Retry, known: Mapping[str, FileCount]) -> FolderCounts:
+def counted_files(
+    output: Location, folder: str, retry: Retry, known: Mapping[str, FileCount] | None = None
+) -> FolderCounts:
     """Every file of `folder` with its counts: remembered or `known` when the size matches, else read."""
     remembered = _read_counts(output, retry)
-    cached = {**(remembered.files if remembered and remembered.folder == folder else {}), **known}
+    cached = {**(remembered.files if remembered and remembered.folder == folder else {}), **(known or {})}
     files = {}
     for path, size in folder_file_sizes(output, folder, retry).items():
         name = relative_path(output, path)

@@ -35,6 +35,7 @@ from .layout import data_file, relative_path, staged_file
 from .rows import STATUS_OK
 
 PARQUET_COMPRESSION = "zstd"
+DEFAULT_ROWS_PER_FILE = 1000  # `output.rows_per_file`: rows in one data file (at most)
 MERGE_READ_THREADS = 8  # staged parts a merge fetches at once
 ROW_GROUP_BYTES = 64 << 20  # rows gathered into one row group of a data file (uncompressed, in memory)
 # What a record of one written file says: where it is (relative to the output root), its rows, and its size.
@@ -138,8 +139,11 @@ def stage_parts(rows: pa.Table, *, writing: PartWriting) -> pa.Table:
     return pa.Table.from_pylist([vars(r) for r in records], schema=PART_RECORD)
 
 
-def merge_parts(writing: PartWriting, staged: Sequence[str], folder: str, name: str) -> PartRecord:
-    """Staged parts -> one data file `folder/name`, streamed a part at a time; then the parts go.
+def merge_parts(
+    writing: PartWriting, staged: Sequence[str], folder: str, name: str, delete_sources: bool = True
+) -> PartRecord:
+    """Staged parts (or data files, for `compact`) -> one data file `folder/name`, streamed a few parts at
+    a time; then the parts go (unless `delete_sources` is false).
 
     Idempotent: a retry after the file was written (and its parts deleted) finds the file and reports it.
     """
@@ -177,7 +181,7 @@ def merge_parts(writing: PartWriting, staged: Sequence[str], folder: str, name: 
         return PartRecord(relative_path(output, target), counts["rows"], counts["ok"], size)
 
     record = retry.call(f"writing {output.uri_of(target)}", merge)
-    for source in sources:
+    for source in sources if delete_sources else ():
         retry.call(f"deleting {output.uri_of(source)}", lambda s=source: _delete_if_there(fs, s))
     return record
 

@@ -218,3 +218,35 @@ def test_the_card_counts_only_files_it_has_not_counted(tmp_path, monkeypatch):
     pq.write_table(pa.Table.from_pylist([error_row("x.jpg")], schema=SCHEMA), new)  # a relabel rewrote it
     write_card(output, pointer, 2, retry)
     assert title() == "# SFP pseudo-labels: 4 images (3 ok, 1 error rows)" and reads[-1].endswith("part-9.parquet")
+
+
+def test_compact_rewrites_small_files_as_a_new_version(ray_local, tmp_path):
+    """Files left short by interrupted runs are merged, in order, into files of at most rows_per_file rows in a
+    new data folder; the pointer flips to it and the old folder stays for readers already in it."""
+    import json
+    import subprocess
+    import sys
+
+    from helpers import data_dir, write_output
+
+    from pipeline import compact_output
+
+    sizes = [1, 2, 1, 1, 2]
+    files = [[ok_row(f"f{f}-{i}.jpg", np.full((2, 2), f, np.uint8)) for i in range(n)] for f, n in enumerate(sizes)]
+    root = write_output(tmp_path / "out", files)
+    before = output_table(root).sort_by("image_id")
+    done = compact_output(str(root), rows_per_file=3)
+    assert (done.files_before, done.files_after, done.rows) == (5, 3, 7)
+    assert data_dir(root).name == done.after != done.before and (root / done.before).is_dir()
+    assert sorted(pq.read_metadata(p).num_rows for p in data_dir(root).glob("*.parquet")) == [2, 2, 3]
+    after = output_table(root).sort_by("image_id")
+    assert after.equals(before.cast(after.schema))  # the same rows, byte for byte
+    assert "7 images" in (root / "README.md").read_text()
+    replaced = json.loads((root / "_sfp" / "current.json").read_text())["replaced"]
+    assert [r["folder"] for r in replaced] == [done.before]
+
+    again = subprocess.run(
+        [str(Path(sys.executable).parent / "sfp-label"), "compact", str(root), "--rows-per-file", "3"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert again.returncode == 0 and "nothing to compact" in again.stdout, again.stderr[-2000:]
