@@ -35,7 +35,7 @@ from .errors import (
 )
 from .inputs import InputReader
 from .inputs.probe import check_list, check_shards, check_tables
-from .output import META_DIR, Pointer, foreign_files, is_hidden, legacy_files
+from .output import META_DIR, Pointer, checked_pointer, foreign_files, is_hidden, legacy_files
 from .output.reader import LegacyOutputLayout, legacy_advice
 from .request import LabelRequest
 from .retry import Retry, is_access_denied
@@ -151,8 +151,9 @@ def _check_existing_output(request: LabelRequest, output: Location, retry: Retry
     legacy = legacy_files(output, retry)
     if legacy:
         raise LegacyOutputLayout(legacy_advice(output.uri, legacy))
+    pointer = checked_pointer(output, retry)  # also for overwrites: a run deletes what it does not name
     if request.incremental:
-        check_same_labels(request, output, Pointer.read(output, retry))
+        check_same_labels(request, output, pointer)
     if not request.output.allow_foreign_files:
         foreign = foreign_files(output, retry)
         if foreign:

@@ -27,7 +27,7 @@ from .output import (
     OutputError,
     PartRecord,
     PartWriting,
-    Pointer,
+    checked_pointer,
     counted_files,
     data_file_name,
     data_folder_name,
@@ -61,7 +61,7 @@ def compact_output(
     whole) as a new version; returns what changed."""
     output, retry = Location.parse(uri, storage_options), Retry()
     with OutputLease(output, "sfp-label compact", retry=retry) as lease:
-        pointer = tidy(output, Pointer.read(output, retry), retry)
+        pointer = tidy(output, checked_pointer(output, retry), retry)
         if pointer is None:
             raise OutputError(f"{uri}: no labelled output to compact (no {output.uri}/_sfp/current.json)")
         counts = counted_files(output, pointer.data, retry)

@@ -34,6 +34,7 @@ from .output import (
     Pointer,
     RunSummary,
     card_is_current,
+    checked_pointer,
     data_folder_name,
     folder_files,
     is_our_card,
@@ -238,7 +239,7 @@ def _writer(run: _Run, folder: str, lease: OutputLease) -> PartCommitter:
 
 def _prepare_output(run: _Run) -> Pointer | None:
     """Under the lease: clear what dead runs left, repair a stale card, and check the labels still match."""
-    pointer = tidy(run.output, Pointer.read(run.output, run.retry), run.retry)
+    pointer = tidy(run.output, checked_pointer(run.output, run.retry), run.retry)
     if pointer is not None:
         if run.request.incremental:  # again: another run may have overwritten it since preflight
             check_same_labels(run.request, run.output, pointer)

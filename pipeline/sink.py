@@ -250,7 +250,8 @@ def discard_folder(output: Location, folder: str, retry: Retry) -> None:
 def tidy(output: Location, pointer: Pointer | None, retry: Retry) -> Pointer | None:
     """What dead runs left (staging, unflipped data folders) and replaced folders past their time go.
 
-    Called under the lease before a run writes; returns the pointer as it now stands.
+    Called under the lease before a run writes, with the pointer `output.checked_pointer` read (never one
+    naming a missing folder); returns the pointer as it now stands.
     """
     remove_staging(output, retry)
     for folder in stale_folders(output, pointer, retry):

@@ -67,7 +67,7 @@ from .rows import (
     error_class,
     output_schema,
 )
-from .versions import KEEP_REPLACED_S, Pointer, PointerDamaged, current_files, stale_folders
+from .versions import KEEP_REPLACED_S, Pointer, PointerDamaged, checked_pointer, current_files, stale_folders
 
 __all__ = [
     "CARD_FILE",
@@ -113,6 +113,7 @@ __all__ = [
     "PointerDamaged",
     "RunSummary",
     "card_is_current",
+    "checked_pointer",
     "counted_files",
     "current_files",
     "data_file",

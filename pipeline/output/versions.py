@@ -21,6 +21,7 @@ from ..retry import Retry
 from ..storage import Location
 from .identity import LabelIdentity
 from .layout import data_folders, folder_files, is_data_folder, pointer_path, read_small_file, replace_file
+from .manifest import RUN_SUCCEEDED, Manifest
 
 # How long a replaced data folder stays readable after an overwrite's flip.
 KEEP_REPLACED_S = 3600.0
@@ -90,6 +91,32 @@ class Pointer(BaseModel):
     def folders(self) -> set[str]:
         """Every folder readers may be in: the current one and those replaced recently."""
         return {self.data, *(r.folder for r in self.replaced)}
+
+
+def checked_pointer(output: Location, retry: Retry) -> Pointer | None:
+    """The pointer, if following it cannot lose data; `PointerDamaged` (exit 2) if it can.
+
+    A run deletes the data folders the pointer does not name (`stale_folders`), so a pointer edited to name
+    a folder that is not there, one listing its own folder as replaced, or a pointer gone while a run that
+    succeeded left its rows, would have the real data deleted. None: no pointer and nothing to lose.
+    """
+    pointer = Pointer.read(output, retry)
+    folders = data_folders(output, retry)
+    where = output.uri_of(pointer_path(output))
+    advice = "restore it to name the output's current data folder, or label into a new output"
+    if pointer is None:
+        if folders and any(m.status == RUN_SUCCEEDED for m in Manifest.read_all(output, retry)):
+            raise PointerDamaged(
+                f"{where} is missing while {', '.join(folders)} holds rows of runs that succeeded; {advice}"
+            )
+        return None
+    if pointer.data in {r.folder for r in pointer.replaced}:
+        raise PointerDamaged(f"{where} lists its own data folder {pointer.data} as replaced; {advice}")
+    if folders and pointer.data not in folders:
+        raise PointerDamaged(
+            f"{where} names {pointer.data}, which is not there (data folders: {', '.join(folders)}); {advice}"
+        )
+    return pointer
 
 
 def current_files(output: Location, retry: Retry) -> list[str]:

@@ -1,0 +1,113 @@
+"""The output's versions without Ray: what the pointer names, what `tidy` may delete, expiry of replaced
+folders, and a damaged pointer refused before it can cost data (docs/design.md, "Output layout")."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import data_dir, ok_row, write_output
+
+from pipeline.output import KEEP_REPLACED_S, PointerDamaged, checked_pointer
+from pipeline.retry import Retry
+from pipeline.sink import tidy
+from pipeline.storage import Location
+
+RETRY = Retry(patience_s=5)
+
+
+def output_with_data(root: Path) -> Location:
+    """An output as a finished run leaves it: data-run1 with one file, the pointer, a succeeded manifest."""
+    write_output(root, [[ok_row("a.jpg", np.zeros((2, 2), np.uint8))]])
+    manifest = root / "_sfp" / "runs" / "run1.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "status": "succeeded"}))
+    return Location.parse(str(root))
+
+
+def edit_pointer(root: Path, **changes) -> None:
+    path = root / "_sfp" / "current.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def test_a_pointer_naming_a_missing_folder_is_refused_and_nothing_is_deleted(tmp_path):
+    output = output_with_data(tmp_path / "out")
+    edit_pointer(tmp_path / "out", data="data-typo")
+    with pytest.raises(PointerDamaged, match=r"names data-typo, which is not there \(data folders: data-run1\)"):
+        checked_pointer(output, RETRY)
+    assert list((tmp_path / "out" / "data-run1").glob("*.parquet"))
+
+
+def test_a_pointer_listing_its_own_folder_as_replaced_is_refused(tmp_path):
+    output = output_with_data(tmp_path / "out")
+    edit_pointer(tmp_path / "out", replaced=[{"folder": "data-run1", "replaced_at": 0}])
+    with pytest.raises(PointerDamaged, match="lists its own data folder data-run1 as replaced"):
+        checked_pointer(output, RETRY)
+
+
+def test_a_missing_pointer_over_a_succeeded_run_is_refused_but_a_dead_overwrite_is_tidied(tmp_path):
+    output = output_with_data(tmp_path / "out")
+    (tmp_path / "out" / "_sfp" / "current.json").unlink()
+    with pytest.raises(PointerDamaged, match="is missing while data-run1 holds rows of runs that succeeded"):
+        checked_pointer(output, RETRY)
+
+    fresh = tmp_path / "fresh"  # an overwrite that died before its first flip: no pointer, no succeeded run
+    (fresh / "data-dead").mkdir(parents=True)
+    (fresh / "data-dead" / "part-dead-000000.parquet").write_bytes(b"PAR1")
+    location = Location.parse(str(fresh))
+    assert tidy(location, checked_pointer(location, RETRY), RETRY) is None
+    assert not (fresh / "data-dead").exists()
+
+
+def test_tidy_removes_dead_runs_leftovers_and_expired_folders_only(tmp_path):
+    root = tmp_path / "out"
+    output = output_with_data(root)
+    old, recent, dead = root / "data-old", root / "data-recent", root / "data-dead"
+    for folder in (old, recent, dead):
+        folder.mkdir()
+        (folder / "part-x-000000.parquet").write_bytes(b"PAR1")
+    (root / "_sfp" / "staging" / "deadrun").mkdir(parents=True)
+    (root / "_sfp" / "staging" / "deadrun" / "part-1.parquet").write_bytes(b"PAR1")
+    now = time.time()
+    replaced = [
+        {"folder": "data-old", "replaced_at": now - KEEP_REPLACED_S - 1},
+        {"folder": "data-recent", "replaced_at": now - 10},
+    ]
+    edit_pointer(root, replaced=replaced)
+    kept = tidy(output, checked_pointer(output, RETRY), RETRY)
+    assert [r.folder for r in kept.replaced] == ["data-recent"]  # the pointer stops naming what goes
+    assert not old.exists() and not dead.exists() and recent.exists()
+    assert data_dir(root).name == "data-run1" and not (root / "_sfp" / "staging").exists()
+    assert [r["folder"] for r in json.loads((root / "_sfp" / "current.json").read_text())["replaced"]] == [
+        "data-recent"
+    ]
+
+
+def test_sfp_label_refuses_a_damaged_pointer_in_one_line_before_anything_starts(tmp_path):
+    output_with_data(tmp_path / "out")
+    edit_pointer(tmp_path / "out", data="data-typo")
+    (tmp_path / "in").mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "in" / "a.png")
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        textwrap.dedent(f"""
+        input: {{uri: '{tmp_path / "in"}'}}
+        output: {{uri: '{tmp_path / "out"}'}}
+        model: {{arch: SFP-Tiny-16, weights: random}}
+        vocabulary: {{classes: [background, cat]}}
+        """)
+    )
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "sfp-label"), "run", str(job)], capture_output=True, text=True, timeout=120
+    )
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) <= 2 and "data-typo" in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert list((tmp_path / "out" / "data-run1").glob("*.parquet"))  # nothing deleted
