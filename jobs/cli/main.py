@@ -194,8 +194,9 @@ def _output(args: argparse.Namespace) -> ExitCode:
     if args.command == "upgrade":
         from pipeline import upgrade_output
 
-        pointer = upgrade_output(args.output, options)
-        print(f"upgraded {args.output}: its rows are in {pointer.data}/, described by README.md")
+        done = upgrade_output(args.output, options)
+        left_out = f"; {done.duplicates} rows of images it already held were left out" if done.duplicates else ""
+        print(f"upgraded {args.output}: its rows are in {done.pointer.data}/, described by README.md{left_out}")
         return ExitCode.OK
     if args.command == "compact":
         from pipeline import DEFAULT_ROWS_PER_FILE, compact_output

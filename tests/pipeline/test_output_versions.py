@@ -111,3 +111,39 @@ def test_sfp_label_refuses_a_damaged_pointer_in_one_line_before_anything_starts(
     assert done.returncode == 2 and len(lines) <= 2 and "data-typo" in done.stderr, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     assert list((tmp_path / "out" / "data-run1").glob("*.parquet"))  # nothing deleted
+
+
+def test_upgrade_keeps_one_row_per_image_and_refuses_what_it_cannot_move(tmp_path, capsys):
+    """A current data file copied to the root (as an old layout would have it) does not double any image; a
+    damaged root file, a root file labelled otherwise, or `_runs` as a file stop it in one line, before
+    anything moves."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from jobs.cli import main
+
+    root = tmp_path / "out"
+    write_output(root, [[ok_row(n, np.zeros((2, 2), np.uint8)) for n in ("a.jpg", "b.jpg")]])
+    shutil.copy(next((root / "data-run1").glob("*.parquet")), root / "part-copied.parquet")
+    assert main(["upgrade", str(root)]) == 0
+    assert "2 rows of images it already held were left out" in capsys.readouterr().out
+    ids = [i for p in data_dir(root).glob("*.parquet") for i in pq.read_table(p).column("image_id").to_pylist()]
+    assert sorted(ids) == ["a.jpg", "b.jpg"] and not (root / "part-copied.parquet").exists()
+
+    def refused(folder: Path, words: str) -> None:
+        assert main(["upgrade", str(folder)]) == 2
+        err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert len(err) <= 2 and words in "\n".join(err), err
+        assert not (folder / "_sfp" / "current.json").exists()  # no pointer to a folder nothing was moved into
+
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "part-0.parquet").write_bytes(b"not parquet at all")
+    refused(damaged, "part-0.parquet is not a readable Parquet file")
+
+    runs_file = tmp_path / "runs-file"
+    runs_file.mkdir()
+    shutil.copy(next((root / data_dir(root).name).glob("*.parquet")), runs_file / "part-0.parquet")
+    (runs_file / "_runs").write_text("not a folder")
+    refused(runs_file, "_runs is a file")
