@@ -236,8 +236,8 @@ class _ShardReader:
         image_id = f"{self.name}/{sample.key}"
         duplicate = sample.key in self.seen
         self.seen.add(sample.key)
-        if duplicate:  # an id of its own (the offset is stable), so the first sample keeps its row
-            image_id = f"{image_id}#{sample.offset}"
+        if duplicate:  # an id of its own (the offset is stable) that no key can spell: a key's last part has
+            image_id = f"{image_id}.{sample.offset}"  # no dot, so `<key>.<offset>` is never another sample's id
         image, error = self._image(sample, duplicate)
         data = image.data if image is not None and error is None else None
         uri = f"{self.uri}#{quote(image.name, safe='/')}" if image is not None else self.uri

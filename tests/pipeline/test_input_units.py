@@ -188,3 +188,31 @@ def test_progress_of_shard_inputs_counts_shards_until_the_images_are_known():
     stream = text_io.StringIO()
     ProgressDisplay(stream, line_every_s=0)(reading)
     assert stream.getvalue() == f"progress: {figures(reading)}\n"
+
+
+def test_a_repeated_key_gets_an_id_no_real_key_can_have(tmp_path):
+    """`a` seen again after `b` gets `<shard>/a.<offset>`; a real key spelled like the old form (`a#<offset>`)
+    or anything else keeps its own id: every row's id is distinct."""
+    from pipeline.inputs.samples import KnownIds, SampleBatcher
+    from pipeline.inputs.shards import ShardReading, shard_rows
+    from pipeline.storage import Location
+
+    def add(tar: tarfile.TarFile, name: str) -> None:
+        info = tarfile.TarInfo(name)
+        info.size = 4
+        tar.addfile(info, io.BytesIO(b"\xff\xd8\xff\xe0"))
+
+    with tarfile.open(tmp_path / "s.tar", "w") as tar:
+        add(tar, "a.jpg")
+        add(tar, "b.jpg")
+        add(tar, "a.jpg")
+    with tarfile.open(tmp_path / "s.tar") as tar:
+        offset = [m.offset for m in tar.getmembers()][2]
+    with tarfile.open(tmp_path / "s.tar", "a") as tar:
+        add(tar, f"a#{offset}.jpg")  # what a repeated `a` was called before
+    reading = ShardReading(Location.parse(str(tmp_path)), ("jpg",))
+    rows = [r for block in shard_rows(reading, str(tmp_path / "s.tar"), "s.tar", SampleBatcher((), KnownIds()))
+            for r in block.to_pylist()]  # fmt: skip
+    ids = [r["image_id"] for r in rows]
+    assert ids == ["s.tar/a", "s.tar/b", f"s.tar/a.{offset}", f"s.tar/a#{offset}"]
+    assert rows[2]["error"].startswith("duplicate: ")
