@@ -22,7 +22,14 @@ import pyarrow.fs as pafs
 import ray
 
 from ..errors import InputNotFound, StorageUnavailable
-from ..output import DEFAULT_MAX_IMAGE_BYTES, REASON_OVER_BYTE_LIMIT, REASON_UNREADABLE, is_hidden, is_hidden_path
+from ..output import (
+    DEFAULT_MAX_IMAGE_BYTES,
+    REASON_OVER_BYTE_LIMIT,
+    REASON_UNREADABLE,
+    UNREADABLE_NOT_REGULAR,
+    is_hidden,
+    is_hidden_path,
+)
 from ..retry import Retry
 from ..storage import Location, Redactor
 from ..walk import Listed, walk_local
@@ -139,13 +146,19 @@ def fetch_files(
 ) -> list[tuple[bytes | None, str | None]]:
     """`(storage, path, known error)` -> `(bytes, None)` or `(None, why)`, several files at once. A file over
     `max_bytes` is refused from its size, and no more than `max_bytes + 1` bytes of any file are read (a size
-    that lies, as a device's does, changes nothing)."""
+    that lies, as a device's does, changes nothing). A local path that is not a regular file (a FIFO, which
+    would block the read forever, or a device) is refused before it is opened."""
 
-    def read(location: Location, path: str) -> bytes | None:
-        """The file's bytes, or None when it holds more than `max_bytes`."""
-        with location.filesystem().open_input_file(path) as file:
+    def read(location: Location, path: str) -> bytes | str:
+        """The file's bytes, or why they are not read."""
+        fs = location.filesystem()
+        if location.scheme == "file" and fs.get_file_info(path).type == pafs.FileType.Unknown:
+            return f"{REASON_UNREADABLE}: {UNREADABLE_NOT_REGULAR}"
+        with fs.open_input_file(path) as file:
             data = file.read(max_bytes + 1) if file.size() <= max_bytes else None
-        return data if data is not None and len(data) <= max_bytes else None
+        if data is None or len(data) > max_bytes:
+            return f"{REASON_OVER_BYTE_LIMIT}: the file holds more than {max_bytes} bytes (the limit)"
+        return data
 
     def fetch(item: tuple[Location, str, str | None]) -> tuple[bytes | None, str | None]:
         location, path, error = item
@@ -157,9 +170,7 @@ def fetch_files(
             raise  # the run's problem, not this file's
         except Exception as exc:  # any other failure to fetch is this file's problem, not the block's
             return None, redact(f"{REASON_UNREADABLE}: {type(exc).__name__}: {exc}")
-        if data is None:
-            return None, f"{REASON_OVER_BYTE_LIMIT}: the file holds more than {max_bytes} bytes (the limit)"
-        return data, None
+        return (None, data) if isinstance(data, str) else (data, None)
 
     with ThreadPoolExecutor(max_workers=min(READ_THREADS, max(len(wanted), 1))) as pool:
         return list(pool.map(fetch, wanted))

@@ -164,9 +164,11 @@ def _all_text(data: bytes, delimiter: str) -> dict[str, pa.DataType]:
 
 
 def _text_entries(data: bytes) -> Iterator[list[dict[str, Any]]]:
+    """One entry per line; only `\n` ends a line (`str.splitlines` would also split at U+2028, U+0085, ...,
+    which a key may hold)."""
     block: list[dict[str, Any]] = []
-    for raw in data.decode("utf-8", "replace").splitlines():
-        line = raw.strip()
+    for raw in data.decode("utf-8", "replace").split("\n"):
+        line = raw.rstrip("\r").strip(" \t")
         if not line or line.startswith("#"):
             continue
         block.append({URI_COLUMN: line})

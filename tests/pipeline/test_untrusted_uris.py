@@ -5,6 +5,7 @@ no form of user info in a URI (a password holding `/` included) reaches a row, a
 from __future__ import annotations
 
 import http.server
+import os
 import threading
 from typing import ClassVar
 
@@ -115,8 +116,11 @@ def test_hostile_list_entries_become_error_rows_and_fetch_nothing(ray_local, tmp
     Image.new("RGB", (32, 24), (200, 10, 10)).save(tmp_path / "real.png")
     Image.new("RGB", (32, 24), (10, 10, 200)).save(tmp_path / "odd::name.png")  # a name, not a chain
     hostile = [entry.format(port=port) for entry in HOSTILE]
+    Image.new("RGB", (32, 24), (10, 200, 10)).save(tmp_path / "line\u2028sep.png")  # one name, not two lines
+    os.mkfifo(tmp_path / "fifo.png")  # read, it would block forever
     # `odd::name.png` alone reads as protocol `odd`; `./` makes it the path it is
-    (tmp_path / "list.txt").write_text("\n".join(["real.png", "./odd::name.png", *hostile]) + "\n")
+    local = ["real.png", "./odd::name.png", "line\u2028sep.png", "fifo.png", "/dev/zero"]
+    (tmp_path / "list.txt").write_text("\n".join([*local, *hostile]) + "\n", encoding="utf-8")
     output = tmp_path / "out"
     summary = run_label(
         str(tmp_path / "list.txt"),
@@ -127,11 +131,12 @@ def test_hostile_list_entries_become_error_rows_and_fetch_nothing(ray_local, tmp
         weights="random",
     )
     assert requests == [], "a listed URI made us fetch from elsewhere"
-    assert (summary.ok, summary.error) == (2, len(hostile))
+    assert (summary.ok, summary.error) == (3, len(hostile) + 2)
     rows = pq.read_table(next(output.glob("data-*"))).to_pylist()
     odd = next(r for r in rows if r["image_id"] == "./odd::name.png")
     assert path_of_uri(odd["uri"])[1] == str(tmp_path / "odd::name.png")
     errors = {r["image_id"]: r["error"] for r in rows if r["status"] == "error"}
+    assert errors.pop("fifo.png") == errors.pop("/dev/zero") == "unreadable: not a regular file (a FIFO or device)"
     assert len(errors) == len(hostile)
     assert all(e.startswith("unsupported: ") and ("chained" in e or "not supported" in e) for e in errors.values())
     everything = b"".join(p.read_bytes() for p in output.rglob("*") if p.is_file())
