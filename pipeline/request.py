@@ -17,7 +17,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from sfp_core import SFPConfig, Vocabulary, check_uri, is_uri
 
-from .output import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_PIXELS, DEFAULT_ROWS_PER_FILE, SCHEMA, LabelIdentity
+from .output import (
+    DEFAULT_MAX_IMAGE_BYTES,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_ROWS_PER_FILE,
+    SCHEMA,
+    STAGE_COLUMNS,
+    LabelIdentity,
+)
 from .storage import Redactor, public_uri
 
 # What Pillow decodes and people store; matched case-insensitively (`IMG_0001.JPG`).
@@ -97,6 +104,8 @@ class Source(RequestSection):
                 raise ValueError(f"{name!r} is not a column name (letters, digits and _, not first a digit)")
             if name in SCHEMA.names:
                 raise ValueError(f"{name!r} is already a column of the output; choose another name")
+            if name in STAGE_COLUMNS:
+                raise ValueError(f"{name!r} is a column the pipeline uses while labelling; choose another name")
             if not origin.strip():
                 raise ValueError(f"{name!r} names no source")
         return value

@@ -92,6 +92,11 @@ SCHEMA = pa.schema(
 )
 
 
+# Columns the stages pass between reading and encoding (the bytes read, the decoded image, the model's mask
+# and confidence): a kept input field may not take one of these names either.
+STAGE_COLUMNS = ("data", "image", "mask", "confidence")
+
+
 def output_schema(kept_columns: Sequence[str] = ()) -> pa.Schema:
     """The rows' schema: `SCHEMA`, then the text columns a run keeps from its input (`Source.fields`)."""
     return pa.schema([*SCHEMA, *((name, pa.string()) for name in kept_columns)])

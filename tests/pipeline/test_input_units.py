@@ -216,3 +216,10 @@ def test_a_repeated_key_gets_an_id_no_real_key_can_have(tmp_path):
     ids = [r["image_id"] for r in rows]
     assert ids == ["s.tar/a", "s.tar/b", f"s.tar/a.{offset}", f"s.tar/a#{offset}"]
     assert rows[2]["error"].startswith("duplicate: ")
+
+
+@pytest.mark.parametrize("name", ["image", "data", "mask", "confidence"])
+def test_fields_may_not_take_the_names_the_stages_use(name):
+    """They validated and then broke every run; now they are refused where they are given."""
+    with pytest.raises(ValidationError, match="a column the pipeline uses while labelling"):
+        Source(uri="/d", format="parquet", fields={name: "caption"})
