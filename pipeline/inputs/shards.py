@@ -167,7 +167,8 @@ class _ShardReader:
         self.pending: _Sample | None = None  # the sample whose members are being gathered
 
     def rows(self) -> Iterator[pa.Table]:
-        """The shard's samples in order; then, if it broke, one row for the rest."""
+        """The shard's samples in order; then, if it broke, one row for the rest; a shard without any sample
+        gets one row too, so that every shard planned is seen in the output."""
         try:
             yield from self._samples()
         except StorageUnavailable:
@@ -181,6 +182,8 @@ class _ShardReader:
             yield from self._broken(REASON_CORRUPT, f"the compressed shard is damaged ({exc})")
         except Exception as exc:  # not found, permission: the shard's problem, retried by the next run
             yield from self._broken(REASON_UNREADABLE, f"{type(exc).__name__}: {exc}")
+        if not self.batcher.samples:  # a 0-byte shard, or one that starts with the end-of-archive blocks
+            yield from self._broken(REASON_NO_IMAGE, "the shard holds no samples (empty, or only an end marker)")
 
     def _samples(self) -> Iterator[pa.Table]:
         location, retry = self.reading.location, self.reading.retry

@@ -223,3 +223,17 @@ def test_fields_may_not_take_the_names_the_stages_use(name):
     """They validated and then broke every run; now they are refused where they are given."""
     with pytest.raises(ValidationError, match="a column the pipeline uses while labelling"):
         Source(uri="/d", format="parquet", fields={name: "caption"})
+
+
+@pytest.mark.parametrize("content", [b"", bytes(1024), bytes(512) + b"junk" * 200])
+def test_a_shard_without_samples_gets_one_error_row(tmp_path, content):
+    """A 0-byte tar and a tar that starts with the end-of-archive blocks gave no row at all."""
+    from pipeline.inputs.samples import KnownIds, SampleBatcher
+    from pipeline.inputs.shards import ShardReading, shard_rows
+    from pipeline.storage import Location
+
+    (tmp_path / "e.tar").write_bytes(content)
+    reading = ShardReading(Location.parse(str(tmp_path)), ("jpg",))
+    blocks = shard_rows(reading, str(tmp_path / "e.tar"), "e.tar", SampleBatcher((), KnownIds()))
+    rows = [r for block in blocks for r in block.to_pylist()]
+    assert [(r["image_id"], r["error"].split(":")[0]) for r in rows] == [("e.tar", "no image")]
