@@ -160,7 +160,7 @@ def kill_after_commits(
 
     Each round of commits the driver starts is followed by a pause, as on slow storage: on a fast machine
     the driver may otherwise commit every row between two looks at the output, and the kill would land
-    after the run instead of midway.
+    after the run instead of midway. Returns once the files committed have stopped changing.
     """
     import os
     import signal
@@ -179,3 +179,12 @@ def kill_after_commits(
         time.sleep(0.2)
     os.kill(process.pid, signal.SIGKILL)
     process.wait(timeout=30)
+    # A merge the driver started may still finish in a worker until Ray has reaped the dead driver's tasks
+    # (seconds, more on a loaded machine): wait until the committed files stop changing, so that what the
+    # test reads as "committed by the killed run" is what the next run will find.
+    seen, quiet_since = committed(), time.monotonic()
+    while time.monotonic() - quiet_since < 3 and time.monotonic() < deadline + 60:
+        time.sleep(0.2)
+        now = committed()
+        if now != seen:
+            seen, quiet_since = now, time.monotonic()
