@@ -130,7 +130,9 @@ def test_webdataset_shards_every_sample_once_with_the_loose_files_masks(loose, t
         "00002.tar/../evil", "00002.tar/abs", "00002.tar/link", "00002.tar/dev", f"00002.tar/again.{again}",
         "00002.tar/noimage", "00002.tar/text", "00003.tar",
     }  # fmt: skip
-    reasons = {image_id.split("/", 1)[-1].split("#")[0]: error.split(":")[0] for image_id, error in errors.items()}
+    reasons = {
+        image_id.split("/", 1)[-1].removesuffix(f".{again}"): error.split(":")[0] for image_id, error in errors.items()
+    }
     assert "'/abs.jpg' leaves the shard" in errors["00002.tar/abs"]
     assert reasons == {
         "../evil": "unsafe entry", "abs": "unsafe entry", "link": "unsafe entry", "dev": "unsafe entry",
