@@ -372,5 +372,6 @@ def page(uri: str, report: RenderReport, painter: _Painter) -> str:
         summary=summary,
         rows="\n".join(_row_html(item, painter) for item in report.rendered),
         errors=errors,
-        names=json.dumps(painter.names).replace("</", "<\\/"),
+        # Every `<` escaped: a class name such as `<!--<script>` must not end or bend the page's script.
+        names=json.dumps(painter.names).replace("<", "\\u003c"),
     )

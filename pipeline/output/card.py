@@ -15,6 +15,7 @@ status column read.
 
 from __future__ import annotations
 
+import html
 import json
 from collections.abc import Mapping
 
@@ -156,7 +157,8 @@ def render_card(pointer: Pointer, *, ok: int, total: int, runs: int) -> str:
 
 
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    """A class name as a Markdown table cell: no raw HTML (names are data), no cell or row breaks."""
+    return html.escape(text, quote=False).replace("|", "\\|").replace("\n", " ")
 
 
 def card_features(schema: pa.Schema, class_names: list[str]) -> list[dict]:

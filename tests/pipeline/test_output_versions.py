@@ -147,3 +147,14 @@ def test_upgrade_keeps_one_row_per_image_and_refuses_what_it_cannot_move(tmp_pat
     shutil.copy(next((root / data_dir(root).name).glob("*.parquet")), runs_file / "part-0.parquet")
     (runs_file / "_runs").write_text("not a folder")
     refused(runs_file, "_runs is a file")
+
+
+def test_the_card_shows_class_names_as_text_not_html(tmp_path):
+    """A class name holding HTML or a table bar is shown as written, escaped; the header keeps it raw."""
+    from pipeline.output import Pointer, write_card
+
+    root = write_output(tmp_path / "out", [[ok_row("a.jpg", np.zeros((2, 2), np.uint8))]], ["bg", "<b>x</b>|y"])
+    output = Location.parse(str(root))
+    write_card(output, Pointer.read(output, RETRY), 1, RETRY)
+    body = (root / "README.md").read_text().split("\n---\n", 1)[1]
+    assert "| 1 | &lt;b&gt;x&lt;/b&gt;\\|y |" in body and "<b>" not in body
