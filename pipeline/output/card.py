@@ -20,7 +20,6 @@ import json
 from collections.abc import Mapping
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -28,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from ..retry import Retry
 from ..storage import Location
 from .layout import card_path, counts_path, folder_file_sizes, read_small_file, relative_path, replace_file
-from .rows import STATUS_OK
+from .parts import ok_rows
 from .versions import Pointer
 
 MARKER = "<!-- written by sfp-label: rewritten after every run -->"
@@ -106,8 +105,7 @@ def _count(output: Location, path: str, size: int, retry: Retry) -> FileCount:
     status = retry.call(
         f"counting the rows of {output.uri_of(path)}", lambda: pq.read_table(path, filesystem=fs, columns=["status"])
     )
-    ok = pc.sum(pc.equal(status.column("status"), STATUS_OK)).as_py() or 0
-    return FileCount(size=size, rows=status.num_rows, ok=ok)
+    return FileCount(size=size, rows=status.num_rows, ok=ok_rows(status))
 
 
 def render_card(pointer: Pointer, *, ok: int, total: int, runs: int) -> str:
