@@ -106,8 +106,8 @@ def _list_row_groups(pattern: FilePattern, location: Location, retry: Retry) -> 
             return retry.call(f"reading {location.uri_of(path)}", lambda: pq.read_metadata(path, filesystem=fs))
         except StorageUnavailable:
             raise
-        except Exception as exc:  # not Parquet, damaged, gone: this file's error row
-            return f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # not Parquet, damaged, gone, forbidden: this file's error row
+            return _footer_error(fs, path, exc)
 
     with ThreadPoolExecutor(max_workers=FOOTER_THREADS) as pool:
         for block in name_blocks(matching_files(pattern, location, TABLE_SUFFIXES, retry)):
@@ -125,6 +125,17 @@ def _list_row_groups(pattern: FilePattern, location: Location, retry: Retry) -> 
                     unit += 1
             if rows:
                 yield pa.table([list(c) for c in zip(*rows, strict=True)], schema=GROUP_SCHEMA)
+
+
+def _footer_error(fs: Any, path: str, exc: Exception) -> str:
+    """`<reason>: <detail>` for a file whose footer could not be read: unreadable (transient, read again by
+    a later run) when the file cannot even be opened (gone, permission), corrupt when its bytes are no
+    Parquet. Asking the storage again tells them apart; pyarrow raises OSError for both."""
+    try:
+        fs.open_input_file(path).close()
+    except Exception as unopenable:
+        return f"{REASON_UNREADABLE}: {type(unopenable).__name__}: {unopenable}"
+    return f"{REASON_CORRUPT}: not a readable Parquet file: {type(exc).__name__}: {exc}"
 
 
 def read_row_groups(
@@ -152,7 +163,8 @@ class _GroupReader:
     def rows(self) -> Iterator[pa.Table]:
         unit, reading = self.unit, self.reading
         if unit["row_group"] == BROKEN_FILE:
-            yield from self._broken(REASON_CORRUPT, f"not a readable Parquet file: {unit['error']}")
+            reason, _, detail = unit["error"].partition(": ")
+            yield from self._broken(reason, detail)
             return
         try:
             table = self._read_group()

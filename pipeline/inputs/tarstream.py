@@ -4,7 +4,8 @@ Python's `tarfile` reads a pax or GNU long-name header of any claimed size
 into memory and gives no offset when a stream ends early; shards come from
 strangers, so this reader parses the (simple) format itself: ustar headers
 with their prefix field, pax `path`/`size` records, GNU long names, base-256
-sizes and gzip-compressed shards. Metadata records over `MAX_META_BYTES` and a
+sizes, GNU and pax sparse entries (named, their data skipped) and
+gzip-compressed shards. Metadata records over `MAX_META_BYTES` and a
 damaged header end the shard with `TarDamaged`; a stream that ends inside a
 header or a member ends it with `TarTruncated`; both carry the byte offset
 (in the uncompressed tar) where reading stopped.
@@ -22,6 +23,7 @@ _SKIP_CHUNK = 1 << 20
 
 MEMBER_FILE = "file"
 MEMBER_DIRECTORY = "directory"
+MEMBER_SPARSE = "sparse file"
 # Type flags that are neither data nor metadata, named for error messages.
 _NO_DATA = frozenset({b"1", b"2", b"3", b"4", b"5", b"6"})  # entries whose size field is not followed by data
 _OTHER_KINDS = {
@@ -30,8 +32,13 @@ _OTHER_KINDS = {
     b"3": "character device",
     b"4": "block device",
     b"6": "FIFO",
-    b"S": "sparse file",
+    b"S": MEMBER_SPARSE,
 }
+# An old-GNU sparse header says at this byte whether extension blocks (more of its map) follow it; each
+# extension block says the same at `_EXTENSION_FLAG`.
+_GNU_SPARSE_EXTENDED = 482
+_EXTENSION_FLAG = 504
+_PAX_SPARSE_PREFIX = "GNU.sparse."
 
 
 class Readable(Protocol):
@@ -115,6 +122,7 @@ def members(stream: Readable, wanted: Callable[[str, int], bool]) -> Iterator[Me
     cursor = _Cursor(stream)
     pending_name: str | None = None  # from a GNU long-name entry or a pax record, for the next entry
     pending_size: int | None = None
+    pending_sparse = False  # pax records of GNU's sparse formats 0.x / 1.0: the data starts with a map
     entry_start: int | None = None  # where the entry's first (metadata) header began
     while True:
         offset = cursor.offset
@@ -139,7 +147,8 @@ def members(stream: Readable, wanted: Callable[[str, int], bool]) -> Iterator[Me
                 pending_name = record.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
             elif kind_flag == b"x":
                 pax = _pax_records(record, offset)
-                pending_name = pax.get("path", pending_name)
+                pending_name = pax.get(_PAX_SPARSE_PREFIX + "name", pax.get("path", pending_name))
+                pending_sparse = pending_sparse or any(key.startswith(_PAX_SPARSE_PREFIX) for key in pax)
                 if "size" in pax:
                     pending_size = _pax_size(pax["size"], offset)
             continue  # "K" (long link target) and "g" (global defaults) change nothing we read
@@ -147,7 +156,10 @@ def members(stream: Readable, wanted: Callable[[str, int], bool]) -> Iterator[Me
         size = pending_size if pending_size is not None else size
         offset, entry_start = entry_start, None
         pending_name = pending_size = None
-        kind = _kind(kind_flag)
+        kind = MEMBER_SPARSE if pending_sparse else _kind(kind_flag)
+        pending_sparse = False
+        if kind_flag == b"S" and header[_GNU_SPARSE_EXTENDED]:
+            _skip_sparse_extensions(cursor, offset)
         data = None
         data_size = 0 if kind_flag in _NO_DATA else size  # unknown types carry data, as POSIX says
         try:
@@ -164,6 +176,14 @@ def members(stream: Readable, wanted: Callable[[str, int], bool]) -> Iterator[Me
         yield Member(shown, offset, kind, size, data, utf8)
         if not whole_padding:  # the entry is whole, but what followed it is gone
             raise TarTruncated(cursor.offset, f"the shard ends at byte {cursor.offset}, in the padding after an entry")
+
+
+def _skip_sparse_extensions(cursor: _Cursor, offset: int) -> None:
+    """Consume the blocks that continue an old-GNU sparse map, so that the entry's data comes next."""
+    for _ in range(MAX_META_BYTES // BLOCK):
+        if not cursor.exactly(BLOCK, offset)[_EXTENSION_FLAG]:
+            return
+    raise TarDamaged(offset, f"the sparse entry at byte {offset} has a map over {MAX_META_BYTES} bytes")
 
 
 def _parse_header(header: bytes, offset: int) -> tuple[bytes, str, int]:

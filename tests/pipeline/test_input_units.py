@@ -5,15 +5,22 @@ from __future__ import annotations
 
 import gzip
 import io
+import shutil
+import subprocess
 import tarfile
 
+import fsspec
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import pytest
 from braceexpand import braceexpand
 from pydantic import ValidationError
 
 from pipeline import Source
 from pipeline.inputs.patterns import FilePattern, _glob_regex, expand_braces
+from pipeline.inputs.tables import _footer_error
 from pipeline.inputs.tarstream import MAX_META_BYTES, TarDamaged, TarTruncated, members
+from pipeline.output import ERROR_CLASS_TRANSIENT, error_class
 
 ALL = lambda name, size: True  # noqa: E731  (read every member's bytes)
 
@@ -237,3 +244,51 @@ def test_a_shard_without_samples_gets_one_error_row(tmp_path, content):
     blocks = shard_rows(reading, str(tmp_path / "e.tar"), "e.tar", SampleBatcher((), KnownIds()))
     rows = [r for block in blocks for r in block.to_pylist()]
     assert [(r["image_id"], r["error"].split(":")[0]) for r in rows] == [("e.tar", "no image")]
+
+
+def _sparse_file(path, regions: int) -> None:
+    """A file of `regions` short data runs between 64 KiB holes (more than the 4 an old-GNU header maps)."""
+    with open(path, "wb") as handle:
+        for index in range(regions):
+            handle.seek(index * (64 << 10))
+            handle.write(b"data%03d" % index * 100)
+        handle.truncate(regions * (64 << 10))
+
+
+@pytest.mark.skipif(shutil.which("tar") is None, reason="needs GNU tar to write sparse entries")
+@pytest.mark.parametrize("fmt", ["gnu", "posix"])
+def test_a_sparse_member_is_named_and_the_members_after_it_are_read(tmp_path, fmt):
+    (tmp_path / "a.jpg").write_bytes(b"first")
+    _sparse_file(tmp_path / "b.jpg", regions=30)  # old GNU: extension blocks follow its header
+    (tmp_path / "c.jpg").write_bytes(b"after")
+    shard = tmp_path / "s.tar"
+    subprocess.run(
+        ["tar", "--sparse", f"--format={fmt}", "-cf", str(shard), "-C", str(tmp_path), "a.jpg", "b.jpg", "c.jpg"],
+        check=True,
+    )
+    with tarfile.open(shard) as tar:  # the reference reader agrees the entry is sparse
+        assert tar.getmember("b.jpg").issparse()
+    got = [(m.name, m.kind, m.data) for m in members(io.BytesIO(shard.read_bytes()), ALL)]
+    assert got == [("a.jpg", "file", b"first"), ("b.jpg", "sparse file", None), ("c.jpg", "file", b"after")]
+
+
+class _Forbidding(pafs.FSSpecHandler):
+    """A store that lists a file but refuses to open it, as S3 does for a key without read permission."""
+
+    def open_input_file(self, path):
+        raise PermissionError(13, "Access Denied", path)
+
+    open_input_stream = open_input_file
+
+
+def test_a_parquet_file_that_cannot_be_opened_at_planning_is_transient_and_garbage_is_permanent(tmp_path):
+    forbidden = pafs.PyFileSystem(_Forbidding(fsspec.filesystem("memory")))
+    garbage = tmp_path / "g.parquet"
+    garbage.write_bytes(b"not parquet at all")
+    local = pafs.LocalFileSystem()
+    for fs, path, expected in ((forbidden, "b/t.parquet", ERROR_CLASS_TRANSIENT), (local, str(garbage), "permanent")):
+        try:
+            pq.read_metadata(path, filesystem=fs)
+        except Exception as exc:
+            reason = _footer_error(fs, path, exc)
+        assert error_class(reason) == expected, reason
