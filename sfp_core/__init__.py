@@ -25,7 +25,7 @@ from .uris import (
     user_info,
     without_user_info,
 )
-from .vocabulary import Vocabulary, VocabularyError, mask_dtype_for
+from .vocabulary import Vocabulary, VocabularyError, mask_dtype_for, spans_lines
 
 if TYPE_CHECKING:
     from .backbone import UnknownArchitecture, arch_depth, arch_patch_size, check_weights
@@ -75,6 +75,7 @@ __all__ = [
     "mask_dtype_for",
     "prepare_image",
     "public_uri",
+    "spans_lines",
     "strip_user_info",
     "user_info",
     "without_user_info",

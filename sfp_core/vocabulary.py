@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import stat
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,6 +24,12 @@ _UINT16_CLASSES = 65536
 def mask_dtype_for(num_classes: int) -> type[np.unsignedinteger]:
     """The integer type of masks over `num_classes` classes: uint8 up to 255 classes, else uint16."""
     return np.uint8 if num_classes <= _UINT8_CLASSES else np.uint16
+
+
+def spans_lines(name: str) -> bool:
+    """True for a name holding a line break or another control character: one per line is how class names
+    are stored (`classes.txt`, vocabulary files), and such a name would shift every class after it."""
+    return any(unicodedata.category(char) in ("Cc", "Zl", "Zp") for char in name)
 
 
 class VocabularyError(UserError, ValueError):
@@ -67,6 +74,10 @@ class Vocabulary:
             names = [str(n).strip() for n in names]
             if not names or any(not n for n in names):
                 raise VocabularyError(f"vocabulary class {index} has an empty name: {entry!r}")
+            if any(spans_lines(n) for n in names):
+                raise VocabularyError(
+                    f"vocabulary class {index} has a name with a line break or control character: {entry!r}"
+                )
             parsed.append(tuple(names))
         if not parsed:
             raise VocabularyError("vocabulary is empty: it needs at least one class")

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline import STATUS_OK, LabelledOutput, OutputError, mask_dtype_for
+from sfp_core import spans_lines
 
 from .unsure import UnsurePixels
 
@@ -85,10 +86,12 @@ def export(
     names = output.class_names()
     if names is None:
         raise OutputError(f"{output.uri}: no run manifest names the classes; was it written by sfp-label?")
+    broken = [name for name in names if spans_lines(name)]
+    if broken:
+        raise OutputError(f"{output.uri}: class name {broken[0]!r} spans lines; {CLASSES_FILE} holds one per line")
     if ignore_below is not None:
         _check_ignore_index(ignore_index, len(names))
     columns = ["image_id", "status", "mask_png"] + (["confidence_png"] if ignore_below is not None else [])
-    labels = directory / LABEL_DIR
     exported: dict[str, str] = {}
     skipped = 0
     unsure = UnsurePixels()
@@ -114,12 +117,11 @@ def export(
                     )
                 png, low, size = _ignore_low_confidence(png, row["confidence_png"], ignore_below, ignore_index)
                 unsure = unsure.plus(low, size)
-            _write_inside(labels, f"{stem}.png", png)
-    split_file = directory / SPLIT_DIR / f"{split}.txt"
-    split_file.parent.mkdir(parents=True, exist_ok=True)
-    split_file.write_text("".join(f"{stem}\n" for stem in sorted(exported)), encoding="utf-8")
-    (directory / CLASSES_FILE).write_text("".join(f"{name}\n" for name in names), encoding="utf-8")
-    return ExportReport(len(exported), skipped, unsure, directory, split_file, unsafe)
+            _write_inside(directory, f"{LABEL_DIR}/{stem}.png", png)
+    split_name = f"{SPLIT_DIR}/{split}.txt"
+    _write_inside(directory, split_name, "".join(f"{stem}\n" for stem in sorted(exported)).encode())
+    _write_inside(directory, CLASSES_FILE, "".join(f"{name}\n" for name in names).encode())
+    return ExportReport(len(exported), skipped, unsure, directory, directory / split_name, unsafe)
 
 
 def safe_stem(image_id: str) -> str | None:
@@ -136,9 +138,18 @@ def safe_stem(image_id: str) -> str | None:
 
 
 def _write_inside(root: Path, relative: str, data: bytes) -> None:
-    """Write `root/relative`, refusing a target that resolves outside `root` (a symlink inside it, say)."""
-    target = root / relative
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if not target.resolve().is_relative_to(root.resolve()):
-        raise OutputError(f"{relative} resolves outside {root}; refusing to write there")
-    target.write_bytes(data)
+    """Write `root/relative`, making its folders; refuses a symlink at any step below `root`, where one
+    planted in the destination would carry folders or files outside it."""
+    root.mkdir(parents=True, exist_ok=True)
+    *folders, name = relative.split("/")
+    target = root
+    for part in folders:
+        target = _not_a_link(target / part)
+        target.mkdir(exist_ok=True)
+    _not_a_link(target / name).write_bytes(data)
+
+
+def _not_a_link(path: Path) -> Path:
+    if path.is_symlink():
+        raise OutputError(f"{path} is a symbolic link; refusing to write through it")
+    return path

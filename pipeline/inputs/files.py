@@ -149,23 +149,14 @@ def fetch_files(
     that lies, as a device's does, changes nothing). A local path that is not a regular file (a FIFO, which
     would block the read forever, or a device) is refused before it is opened."""
 
-    def read(location: Location, path: str) -> bytes | str:
-        """The file's bytes, or why they are not read."""
-        fs = location.filesystem()
-        if location.scheme == "file" and fs.get_file_info(path).type == pafs.FileType.Unknown:
-            return f"{REASON_UNREADABLE}: {UNREADABLE_NOT_REGULAR}"
-        with fs.open_input_file(path) as file:
-            data = file.read(max_bytes + 1) if file.size() <= max_bytes else None
-        if data is None or len(data) > max_bytes:
-            return f"{REASON_OVER_BYTE_LIMIT}: the file holds more than {max_bytes} bytes (the limit)"
-        return data
-
     def fetch(item: tuple[Location, str, str | None]) -> tuple[bytes | None, str | None]:
         location, path, error = item
         if error is not None:
             return None, error
         try:
-            data = retry.call(f"reading {location.uri_of(path)}", functools.partial(read, location, path))
+            data = retry.call(
+                f"reading {location.uri_of(path)}", functools.partial(read_bounded, location, path, max_bytes)
+            )
         except StorageUnavailable:
             raise  # the run's problem, not this file's
         except Exception as exc:  # any other failure to fetch is this file's problem, not the block's
@@ -174,3 +165,21 @@ def fetch_files(
 
     with ThreadPoolExecutor(max_workers=min(READ_THREADS, max(len(wanted), 1))) as pool:
         return list(pool.map(fetch, wanted))
+
+
+def read_bounded(location: Location, path: str, max_bytes: int) -> bytes | str:
+    """A file's bytes, or why they are not read: a local path that is not a regular file, or a file over
+    `max_bytes` (refused from its size; at most `max_bytes + 1` bytes are ever read, whatever it claims)."""
+    fs = location.filesystem()
+    if not is_regular(location, path):
+        return f"{REASON_UNREADABLE}: {UNREADABLE_NOT_REGULAR}"
+    with fs.open_input_file(path) as file:
+        data = file.read(max_bytes + 1) if file.size() <= max_bytes else None
+    if data is None or len(data) > max_bytes:
+        return f"{REASON_OVER_BYTE_LIMIT}: the file holds more than {max_bytes} bytes (the limit)"
+    return data
+
+
+def is_regular(location: Location, path: str) -> bool:
+    """False for a local FIFO or device (object stores hold only regular objects)."""
+    return location.scheme != "file" or location.filesystem().get_file_info(path).type != pafs.FileType.Unknown

@@ -14,48 +14,72 @@ from urllib.parse import unquote
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..output import DEFAULT_MAX_IMAGE_BYTES, UNREADABLE_NOT_REGULAR
 from ..request import DEFAULT_IMAGE_COLUMN
 from ..storage import path_of_uri
-from .tables import image_bytes
-from .tarstream import members
+from .files import is_regular, read_bounded
+from .tables import MAX_PAGE_BYTES, image_bytes
+from .tarstream import MEMBER_FILE, members
 
 _ROW = "row="
 
 
-def read_source(uri: str, storage_options: dict[str, Any] | None = None) -> bytes:
+def read_source(
+    uri: str, storage_options: dict[str, Any] | None = None, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+) -> bytes:
     """The bytes of the image `uri` names; raises what the storage raises, or LookupError when the member
-    or row is not there."""
+    or row is not there, or is no image we would read: a path that is not a regular file (a FIFO or
+    `/dev/zero` named by an output written elsewhere) or an image over `max_bytes`."""
     container, marked, place = uri.partition("#")
     location, path = path_of_uri(container, storage_options)
-    fs = location.filesystem()
     if not marked:
-        with fs.open_input_stream(path) as stream:
-            return stream.read()
+        data = read_bounded(location, path, max_bytes)
+        if isinstance(data, str):
+            raise LookupError(f"{uri}: {data}")
+        return data
+    if not is_regular(location, path):
+        raise LookupError(f"{uri}: {UNREADABLE_NOT_REGULAR}")
+    fs = location.filesystem()
     if place.startswith(_ROW):
         with fs.open_input_file(path) as file:
-            return _table_row(pq.ParquetFile(file), int(place.removeprefix(_ROW)), uri)
+            return _table_row(pq.ParquetFile(file), int(place.removeprefix(_ROW)), uri, max_bytes)
     member = unquote(place)
     with fs.open_input_stream(path) as stream:
-        wanted = (m for m in members(stream, lambda name, size: name == member) if m.data is not None)
-        found = next(wanted, None)
+        named = members(stream, lambda name, size: name == member and size <= max_bytes)
+        found = next((m for m in named if m.name == member), None)
     if found is None:
         raise LookupError(f"{uri}: the shard has no member {member!r}")
-    return found.data or b""
+    if found.kind != MEMBER_FILE:
+        raise LookupError(f"{uri}: the member is a {found.kind}, not a file")
+    if found.data is None:
+        raise LookupError(f"{uri}: the member holds {found.size} bytes (limit {max_bytes})")
+    return bytes(found.data)
 
 
-def _table_row(table: pq.ParquetFile, row: int, uri: str) -> bytes:
+def _table_row(table: pq.ParquetFile, row: int, uri: str, max_bytes: int) -> bytes:
     column = _image_column(table.schema_arrow)
     first = 0
     for group in range(table.num_row_groups):
         rows = table.metadata.row_group(group).num_rows
         if row < first + rows:
+            stored = _column_bytes(table.metadata.row_group(group), column)
+            if stored > MAX_PAGE_BYTES:
+                raise LookupError(f"{uri}: its row group stores {stored} bytes of images (limit {MAX_PAGE_BYTES})")
             value = table.read_row_group(group, columns=[column]).column(column)[row - first].as_py()
             data, error = image_bytes(value, column)
             if data is None:
                 raise LookupError(f"{uri}: {error}")
+            if len(data) > max_bytes:
+                raise LookupError(f"{uri}: the image is {len(data)} bytes (limit {max_bytes})")
             return data
         first += rows
     raise LookupError(f"{uri}: the table has {first} rows")
+
+
+def _column_bytes(group: pq.RowGroupMetaData, column: str) -> int:
+    """The uncompressed bytes the group stores for `column` (its leaves, for a struct of bytes and path)."""
+    chunks = (group.column(i) for i in range(group.num_columns))
+    return sum(c.total_uncompressed_size for c in chunks if c.path_in_schema.split(".")[0] == column)
 
 
 def _image_column(schema: pa.Schema) -> str:

@@ -123,7 +123,16 @@ def test_vocabulary_parsing_and_views(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "classes,message", [([], "empty"), ([["cat", ""]], "class 0 has an empty name"), ([["a"], []], "class 1")]
+    "classes,message",
+    [
+        ([], "empty"),
+        ([["cat", ""]], "class 0 has an empty name"),
+        ([["a"], []], "class 1"),
+        # One class per line is how names are stored: a break inside one would shift every later class.
+        (["sky", "cat\ndog"], "class 1 has a name with a line break"),
+        (["sky", ["car", "bus\u2028tram"]], "class 1 has a name with a line break"),
+        (["a\x85b"], "class 0 has a name with a line break"),
+    ],
 )
 def test_bad_vocabularies(classes, message):
     with pytest.raises(ValueError, match=message):

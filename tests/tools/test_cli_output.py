@@ -197,6 +197,28 @@ def test_export_never_writes_outside_its_folder(tmp_path):
     assert (export_dir / "ImageSets" / "Segmentation" / "train.txt").read_text() == "fine/ok\n"
 
 
+@pytest.mark.parametrize("link", ["ImageSets", "ImageSets/Segmentation", "classes.txt", "SegmentationClass"])
+def test_export_never_writes_through_a_symlink_in_the_destination(tmp_path, link):
+    mask = np.zeros((2, 2), np.uint8)
+    root = write_output(tmp_path / "out", [ok_row("a.jpg", mask, None, [])])
+    export_dir, elsewhere = tmp_path / "export", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (export_dir / link).parent.mkdir(parents=True, exist_ok=True)
+    target = elsewhere / "classes.txt" if link == "classes.txt" else elsewhere
+    (export_dir / link).symlink_to(target)
+    result = cli("export", str(root), str(export_dir))
+    assert result.returncode == 2 and "symbolic link" in result.stderr, result.stderr
+    assert list(elsewhere.iterdir()) == []  # no folder, split file, class list or mask made there
+
+
+def test_export_refuses_class_names_that_span_lines(tmp_path):
+    mask = np.zeros((2, 2), np.uint8)
+    root = write_output(tmp_path / "out", [ok_row("a.jpg", mask, None, [])], [["sky"], ["cat\ndog"], ["car"]])
+    result = cli("export", str(root), str(tmp_path / "export"))
+    assert result.returncode == 2 and "spans lines" in result.stderr, result.stderr
+    assert not (tmp_path / "export" / "classes.txt").exists()
+
+
 def test_show_calls_a_running_run_without_the_lease_abandoned(tmp_path):
     mask = np.zeros((2, 2), np.uint8)
     root = write_output(tmp_path / "out", [ok_row(f"{i}.jpg", mask, None, []) for i in range(3)])

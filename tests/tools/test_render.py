@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import subprocess
+import tarfile
 import threading
 import time
 import urllib.request
@@ -28,6 +29,7 @@ from PIL import Image
 
 from jobs.cli import main
 from jobs.tools.render import _Painter, palette
+from pipeline.inputs.sources import read_source
 from sfp_core import SFPConfig, Vocabulary
 
 pytestmark = pytest.mark.timeout(300)
@@ -147,6 +149,30 @@ def test_unreadable_sources_and_16_bit_masks_still_render(tmp_path, capsys):
     assert "and 235 more" in legend  # 240 classes present
     assert len(pictures(tmp_path / "html")) == 2
     assert "rendered 1 images" in capsys.readouterr().out
+
+
+@pytest.mark.timeout(60)  # a FIFO read would block forever, /dev/zero until memory runs out
+def test_render_reads_only_regular_files_of_bounded_size_whatever_the_uri_column_says(tmp_path, capsys):
+    from helpers import ok_row, write_output
+
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    big = tmp_path / "big.tar"
+    with tarfile.open(big, "w") as tar:  # a shard whose member is over a 1 KiB limit
+        info = tarfile.TarInfo("k.jpg")
+        info.size = 4096
+        tar.addfile(info, io.BytesIO(bytes(4096)))
+    mask = np.zeros((12, 20), np.uint8)
+    uris = ["file:///dev/zero", f"file://{fifo}", f"file://{fifo}#k.jpg", f"file://{tmp_path}/nowhere.jpg"]
+    rows = [ok_row(f"{i}.jpg", mask, [], uri=uri) for i, uri in enumerate(uris)]
+    output = write_output(tmp_path / "out", [rows], class_names=["a", "b"])
+    assert main(["render", str(output), str(tmp_path / "html")]) == 0
+    page = (tmp_path / "html" / "index.html").read_text()
+    assert page.count("source image unreadable") == len(uris)
+    assert "not a regular file" in page and "rendered 4 images" in capsys.readouterr().out
+    with pytest.raises(LookupError, match="4096 bytes"):
+        read_source(f"file://{big}#k.jpg", max_bytes=1024)
+    assert read_source(f"file://{big}#k.jpg", max_bytes=4096) == bytes(4096)
 
 
 # --- the page in a real browser -------------------------------------------------------------------------------
