@@ -53,6 +53,11 @@ class StorageUnavailable(RetryableError, RuntimeError):
     """Storage kept failing transiently for longer than the retry policy's patience."""
 
 
+class HostUnresolvable(StorageUnavailable):
+    """As StorageUnavailable, and the last failure was that the storage's host name does not resolve: for a
+    list naming images on many hosts, that is one entry's problem, not the run's."""
+
+
 class LeaseHeld(BusyError, RuntimeError):
     """Another run holds the output's lease (or just took it)."""
 

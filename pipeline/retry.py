@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import logging
 import random
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from .errors import StorageUnavailable
+from .errors import HostUnresolvable, StorageUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,16 @@ _TRANSIENT_TYPES = {
     "ClientConnectorError",
     "ServerDisconnectedError",
 }
+# ... and those that say the host name does not resolve (curl through pyarrow, glibc, macOS, Windows).
+_UNRESOLVABLE_MARKERS = (
+    "Could not resolve host",
+    "Couldn't resolve host",
+    "Name or service not known",
+    "Temporary failure in name resolution",
+    "nodename nor servname",
+    "getaddrinfo failed",
+    "No address associated with hostname",
+)
 _PER_FILE = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
 # What storage clients say when the credentials are missing, wrong, or lack a permission.
 _ACCESS_DENIED_MARKERS = (
@@ -87,6 +98,18 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and any(marker in str(exc) for marker in _TRANSIENT_MARKERS)
 
 
+def is_unresolvable(exc: BaseException) -> bool:
+    """Whether `exc` (or what caused it) says a host name does not resolve."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # the chain of causes, bounded
+        if seen is None:
+            return False
+        if isinstance(seen, socket.gaierror) or any(marker in str(seen) for marker in _UNRESOLVABLE_MARKERS):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 @dataclass(frozen=True)
 class Retry:
     """Retry transient storage errors with exponential backoff (with jitter) for up to `patience_s` seconds."""
@@ -109,7 +132,8 @@ class Retry:
                     raise
                 waited = time.monotonic() - started
                 if waited >= self.patience_s:
-                    raise StorageUnavailable(
+                    gave_up = HostUnresolvable if is_unresolvable(exc) else StorageUnavailable
+                    raise gave_up(
                         f"storage unavailable while {what}: gave up after {attempt} attempts over {waited:.0f}s "
                         f"(patience {self.patience_s:g}s); last error: {type(exc).__name__}: {exc}"
                     ) from None

@@ -13,7 +13,9 @@ not UTF-8, FIFOs).
 from __future__ import annotations
 
 import functools
+import math
 import posixpath
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
@@ -21,7 +23,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import ray
 
-from ..errors import InputNotFound, StorageUnavailable
+from ..errors import HostUnresolvable, InputNotFound, StorageUnavailable
 from ..output import (
     DEFAULT_MAX_IMAGE_BYTES,
     REASON_OVER_BYTE_LIMIT,
@@ -37,6 +39,8 @@ from ..walk import Listed, walk_local
 LIST_ROWS_PER_BLOCK = 10_000
 LIST_THREADS = 8  # directories listed at once: listing object stores is latency-bound
 READ_THREADS = 16  # files fetched at once per read task, for the same reason
+# Stores (scheme, bucket, options) whose host name did not resolve, and when they gave up (`fetch_files`).
+_UNRESOLVED: dict[tuple[str, str, str], float] = {}
 
 # `error` is set when the listing already knows the file cannot be read (see walk.py).
 LISTING_SCHEMA = pa.schema([("image_id", pa.string()), ("path", pa.string()), ("error", pa.string())])
@@ -142,21 +146,38 @@ def read_files(
 
 
 def fetch_files(
-    wanted: list[tuple[Location, str, str | None]], redact: Redactor, retry: Retry, max_bytes: int
+    wanted: list[tuple[Location, str, str | None]],
+    redact: Redactor,
+    retry: Retry,
+    max_bytes: int,
+    hosts_per_entry: bool = False,
 ) -> list[tuple[bytes | None, str | None]]:
     """`(storage, path, known error)` -> `(bytes, None)` or `(None, why)`, several files at once. A file over
     `max_bytes` is refused from its size, and no more than `max_bytes + 1` bytes of any file are read (a size
     that lies, as a device's does, changes nothing). A local path that is not a regular file (a FIFO, which
-    would block the read forever, or a device) is refused before it is opened."""
+    would block the read forever, or a device) is refused before it is opened.
+
+    With `hosts_per_entry` (a list, whose entries may each name another store), a store whose host name
+    still does not resolve after the retry window gives its files a transient error row instead of failing
+    the run; later files of that store in this worker get that row at once for one more window.
+    """
 
     def fetch(item: tuple[Location, str, str | None]) -> tuple[bytes | None, str | None]:
         location, path, error = item
         if error is not None:
             return None, error
+        store = _store_of(location)
+        if hosts_per_entry and time.monotonic() - _UNRESOLVED.get(store, -math.inf) < retry.patience_s:
+            return None, redact(f"{REASON_UNREADABLE}: the storage of {location.uri_of(path)} did not resolve")
         try:
             data = retry.call(
                 f"reading {location.uri_of(path)}", functools.partial(read_bounded, location, path, max_bytes)
             )
+        except HostUnresolvable as exc:
+            if not hosts_per_entry:
+                raise
+            _UNRESOLVED[store] = time.monotonic()
+            return None, redact(f"{REASON_UNREADABLE}: {exc}")
         except StorageUnavailable:
             raise  # the run's problem, not this file's
         except Exception as exc:  # any other failure to fetch is this file's problem, not the block's
@@ -165,6 +186,10 @@ def fetch_files(
 
     with ThreadPoolExecutor(max_workers=min(READ_THREADS, max(len(wanted), 1))) as pool:
         return list(pool.map(fetch, wanted))
+
+
+def _store_of(location: Location) -> tuple[str, str, str]:
+    return location.scheme, location.path.split("/", 1)[0], repr(sorted(location.options.items()))
 
 
 def read_bounded(location: Location, path: str, max_bytes: int) -> bytes | str:

@@ -223,7 +223,7 @@ def read_listed(batch: pa.Table, *, reading: ListReading) -> pa.Table:
             continue
         wanted.append((location, location.path, None))
         uris.append(location.uri)
-    fetched = fetch_files(wanted, reading.redact, reading.retry, reading.max_image_bytes)
+    fetched = fetch_files(wanted, reading.redact, reading.retry, reading.max_image_bytes, hosts_per_entry=True)
     columns = {
         "image_id": batch.column("image_id"),
         "uri": pa.array(uris, pa.string()),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.server
 import os
 import threading
+import time
 from typing import ClassVar
 
 import pyarrow.parquet as pq
@@ -16,6 +17,10 @@ from PIL import Image
 from pydantic import ValidationError
 
 from pipeline import Destination, ModelChoice, Source, UnsupportedStorage, path_of_uri
+from pipeline.errors import HostUnresolvable
+from pipeline.inputs.files import fetch_files
+from pipeline.output import ERROR_CLASS_TRANSIENT, error_class
+from pipeline.retry import Retry
 from pipeline.secrets import find_secrets
 from pipeline.storage import Location, Redactor, public_uri
 from sfp_core import UnsupportedURI, Vocabulary, check_weights
@@ -168,3 +173,39 @@ def test_weights_uri_credentials_never_reach_a_message():
     message = str(failed.value)
     assert "s3://bucket/w.pt" in message
     assert "pass" not in message and "word99" not in message and "AKEYID77" not in message
+
+
+UNRESOLVABLE = {"endpoint_url": "http://no-such-host.invalid:8333", "anon": True}  # .invalid never resolves
+
+
+def test_a_store_whose_host_does_not_resolve_fails_its_listed_files_not_the_run(tmp_path):
+    """After the retry window a listed file on such a store is a transient error row; later files of the
+    same store get that row at once. A folder's own store failing the same way still fails the run."""
+    stores = [Location.parse(f"s3://bucket-{i % 2}/x{i}.jpg", UNRESOLVABLE) for i in range(4)]
+    wanted = [(location, location.path, None) for location in stores]
+    started = time.monotonic()
+    fetched = fetch_files(wanted, Redactor(), Retry(patience_s=1.0, first_delay_s=0.1), 1024, hosts_per_entry=True)
+    assert all(data is None and error_class(error) == ERROR_CLASS_TRANSIENT for data, error in fetched), fetched
+    assert "resolve" in fetched[0][1]
+    assert time.monotonic() - started < 30  # one window per store (run at once), not one per file in turn
+    with pytest.raises(HostUnresolvable):
+        fetch_files(wanted[:1], Redactor(), Retry(patience_s=0.5, first_delay_s=0.1), 1024)
+
+
+def test_a_list_naming_an_unresolvable_store_labels_the_rest(ray_local, tmp_path):
+    Image.new("RGB", (32, 24), (200, 10, 10)).save(tmp_path / "real.png")
+    (tmp_path / "list.txt").write_text("real.png\ns3://nowhere/a.jpg\ns3://nowhere/b.jpg\n")
+    summary = run_label(
+        str(tmp_path / "list.txt"),
+        str(tmp_path / "out"),
+        format="list",
+        input_storage_options=UNRESOLVABLE,
+        storage_retry_s=1.0,
+        vocabulary=Vocabulary([["background"], ["red"]]),
+        arch="SFP-Tiny-16",
+        weights="random",
+    )
+    assert (summary.ok, summary.error) == (1, 2)
+    rows = pq.read_table(next((tmp_path / "out").glob("data-*"))).to_pylist()
+    errors = [r["error"] for r in rows if r["status"] == "error"]
+    assert all(error_class(e) == ERROR_CLASS_TRANSIENT and "resolve" in e for e in errors), errors
