@@ -35,7 +35,7 @@ from .errors import (
 )
 from .inputs import InputReader
 from .inputs.probe import check_list, check_shards, check_tables
-from .output import META_DIR, Pointer, checked_pointer, foreign_files, is_hidden, legacy_files
+from .output import META_DIR, LabelTable, Pointer, foreign_files, is_hidden
 from .output.reader import LegacyOutputLayout, legacy_advice
 from .request import LabelRequest
 from .retry import Retry, is_access_denied
@@ -148,10 +148,11 @@ def _check_output(request: LabelRequest, output: Location, retry: Retry) -> None
 
 def _check_existing_output(request: LabelRequest, output: Location, retry: Retry) -> None:
     """An existing output: this release's layout, no files of others, and (incremental) the same labels."""
-    legacy = legacy_files(output, retry)
+    table = LabelTable(output, retry)
+    legacy = table.legacy_files()
     if legacy:
         raise LegacyOutputLayout(legacy_advice(output.uri, legacy))
-    pointer = checked_pointer(output, retry)  # also for overwrites: a run deletes what it does not name
+    pointer = table.pointer()  # also for overwrites: a run deletes what it does not name
     if request.incremental:
         check_same_labels(request, output, pointer)
     if not request.output.allow_foreign_files:

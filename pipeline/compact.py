@@ -24,20 +24,16 @@ from .lease import OutputLease
 from .output import (
     DEFAULT_ROWS_PER_FILE,
     FileCount,
+    LabelTable,
     OutputError,
     PartRecord,
     PartWriting,
-    checked_pointer,
-    counted_files,
     data_file_name,
     data_folder_name,
     merge_parts,
     new_run_id,
-    write_card,
 )
-from .output.manifest import RUN_SUCCEEDED, Manifest
 from .retry import Retry
-from .sink import commit_overwrite, tidy
 from .storage import Location
 
 MERGE_CPUS = 0.5
@@ -60,11 +56,12 @@ def compact_output(
     """Rewrite the output at `uri` into files of at most `rows_per_file` rows (a file already longer stays
     whole) as a new version; returns what changed."""
     output, retry = Location.parse(uri, storage_options), Retry()
+    table = LabelTable(output, retry)
     with OutputLease(output, "sfp-label compact", retry=retry) as lease:
-        pointer = tidy(output, checked_pointer(output, retry), retry)
+        pointer = table.tidy(table.pointer())
         if pointer is None:
             raise OutputError(f"{uri}: no labelled output to compact (no {output.uri}/_sfp/current.json)")
-        counts = counted_files(output, pointer.data, retry)
+        counts = table.counts(pointer.data)
         groups = _groups(counts.files, rows_per_file)
         rows = sum(count.rows for count in counts.files.values())
         if len(groups) == len(counts.files):  # every file already as long as it can be
@@ -76,10 +73,8 @@ def compact_output(
             raise RuntimeError(f"compacting {uri} wrote {sum(r.rows for r in records)} of {rows} rows; not committing")
         lease.claim.verify(retry)
         current = pointer.replaced_by(folder, pointer.identity, run_id, time.time())
-        commit_overwrite(output, current, retry)
-        known = {r.file: FileCount(size=r.bytes, rows=r.rows, ok=r.ok) for r in records}
-        runs = sum(m.status == RUN_SUCCEEDED for m in Manifest.read_all(output, retry))
-        write_card(output, current, runs, retry, known)
+        table.replace_version(current)
+        table.write_card(current, {r.file: FileCount(size=r.bytes, rows=r.rows, ok=r.ok) for r in records})
     return Compaction(pointer.data, folder, len(counts.files), len(records), rows)
 
 

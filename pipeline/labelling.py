@@ -27,44 +27,27 @@ from .errors import access_denied, root_cause, unwrap_task_error
 from .inputs import InputReader, KnownIds, Tally, start_ledger
 from .lease import OutputLease
 from .output import (
-    RUN_SUCCEEDED,
     FileCount,
+    LabelTable,
     Manifest,
     PartWriting,
     Pointer,
     RunSummary,
-    card_is_current,
-    checked_pointer,
     data_folder_name,
-    folder_files,
-    is_our_card,
     iso,
     manifest_path,
     new_run_id,
     package_versions,
-    relative_path,
     stage_parts,
-    write_card,
 )
 from .output.manifest import InputRecord, ModelRecord, OutputRecord, ResourcesRecord, VocabularyRecord
 from .predict import SFPPredictor
 from .progress import ProgressCounter, RunDisplay
-from .relabel import drop_rows_to_relabel
 from .request import LabelRequest
-from .resume import drop_existing, existing_ids
+from .resume import drop_existing
 from .retry import Retry, is_access_denied
 from .settings import StageSettings
-from .sink import (
-    FlushTimer,
-    PartCommitter,
-    WriterSettings,
-    WrittenFile,
-    commit_overwrite,
-    discard_folder,
-    remove_late_files,
-    remove_staging,
-    tidy,
-)
+from .sink import FlushTimer, PartCommitter, WriterSettings, WrittenFile
 from .storage import Location, Redactor, public_options, public_uri, redacted_logs
 
 log = logging.getLogger("pipeline")
@@ -152,6 +135,11 @@ class _Run:
             versions=package_versions(),
         )
 
+    @property
+    def table(self) -> LabelTable:
+        """The output, read and changed only through this."""
+        return LabelTable(self.output, self.retry)
+
     def part_writing(self) -> PartWriting:
         """What the workers that write this run's files need to know."""
         schema = self.request.identity().schema()
@@ -200,10 +188,10 @@ def label(request: LabelRequest, display: RunDisplay | None = None) -> RunSummar
         folder = _data_folder(run, previous)
         ensure_ray(verbose=run.display.verbose)
         if request.incremental:
-            again = _in_a_task(drop_rows_to_relabel, run.output, request.output.retry_errors, run.retry)
+            again = _in_a_task(LabelTable.drop_rows_to_relabel, run.table, request.output.retry_errors)
             if again:
                 log.info("%d error rows (%s) will be labelled again", again, request.output.retry_errors)
-        present = {relative_path(run.output, path) for path in folder_files(run.output, folder, run.retry)}
+        present = run.table.file_names(folder)
         writer = _writer(run, folder, lease)
         try:
             pending, total = _label_todo(run, writer)
@@ -239,11 +227,11 @@ def _writer(run: _Run, folder: str, lease: OutputLease) -> PartCommitter:
 
 def _prepare_output(run: _Run) -> Pointer | None:
     """Under the lease: clear what dead runs left, repair a stale card, and check the labels still match."""
-    pointer = tidy(run.output, checked_pointer(run.output, run.retry), run.retry)
+    pointer = run.table.tidy(run.table.pointer())
     if pointer is not None:
         if run.request.incremental:  # again: another run may have overwritten it since preflight
             check_same_labels(run.request, run.output, pointer)
-        if not card_is_current(run.output, pointer, run.retry):
+        if not run.table.card_is_current(pointer):
             _write_card(run, pointer)
     return pointer
 
@@ -257,20 +245,18 @@ def _data_folder(run: _Run, pointer: Pointer | None) -> str:
         return pointer.data
     folder = data_folder_name(run.run_id)
     if run.request.incremental:
-        Pointer(data=folder, identity=run.request.identity(), created_by=run.run_id).write(run.output, run.retry)
+        run.table.set_pointer(Pointer(data=folder, identity=run.request.identity(), created_by=run.run_id))
     return folder
 
 
-def _write_card(run: _Run, pointer: Pointer, retry: Retry | None = None, written: Sequence[WrittenFile] = ()) -> None:
+def _write_card(
+    run: _Run, pointer: Pointer, table: LabelTable | None = None, written: Sequence[WrittenFile] = ()
+) -> None:
     """(Re)write the dataset card, unless the README.md there is someone else's (`allow_foreign_files`);
     `written`: the files this run committed, counted from their records."""
-    retry = retry or run.retry
-    if not is_our_card(run.output, retry):
-        log.warning("not writing a dataset card: %s holds a README.md sfp-label did not write", run.output.uri)
-        return
-    runs = sum(m.status == RUN_SUCCEEDED for m in Manifest.read_all(run.output, retry))
     known = {f.name: FileCount(size=f.bytes, rows=f.rows, ok=f.ok) for f in written}
-    write_card(run.output, pointer, runs, retry, known)
+    if not (table or run.table).write_card(pointer, known):
+        log.warning("not writing a dataset card: %s holds a README.md sfp-label did not write", run.output.uri)
 
 
 def _label_todo(run: _Run, writer: PartCommitter) -> tuple[int, int]:
@@ -328,7 +314,7 @@ def _label_units(run: _Run, writer: PartCommitter, units: ray.data.Dataset) -> t
 
 def _existing_ids(run: _Run) -> ray.ObjectRef:
     """The output's ids, read by a task into the object store (never into the driver)."""
-    return ray.remote(existing_ids).options(num_cpus=CPU_TASK_CPUS).remote(run.output, run.retry)
+    return ray.remote(LabelTable.image_ids).options(num_cpus=CPU_TASK_CPUS).remote(run.table)
 
 
 def _write_rows(
@@ -376,13 +362,13 @@ def _commit(
     lease.check()
     # All of it: besides this run's, what a dead run's late writes put there after `tidy` (an S3 upload
     # still in flight when that run failed completes once the storage is back).
-    remove_staging(run.output, run.retry)
+    run.table.remove_staging()
     folder = writer.folder
-    late = remove_late_files(run.output, folder, present | {f.name for f in writer.written}, run.retry)
+    late = run.table.remove_late_files(folder, present | {f.name for f in writer.written})
     if late:
         log.warning("removed %d data files a dead run wrote after this run started: %s", len(late), late[:3])
     if run.request.incremental:
-        return Pointer.read(run.output, run.retry) or previous
+        return run.table.pointer_as_written() or previous
     lease.claim.verify(run.retry)
     identity = run.request.identity()
     current = (
@@ -390,7 +376,7 @@ def _commit(
         if previous
         else Pointer(data=folder, identity=identity, created_by=run.run_id)
     )
-    commit_overwrite(run.output, current, run.retry)
+    run.table.replace_version(current)
     return current
 
 
@@ -441,16 +427,16 @@ def _record_failure(run: _Run, manifest: Manifest, exc: BaseException, writer: P
     """Mark the run failed in its manifest and drop what it staged; files already committed (incremental)
     are listed, they stay valid, and the card is brought up to them. Best effort: the next run clears what
     is left."""
-    retry = run.retry.brief()
+    table = run.table.briefly()
     files = [f.name for f in writer.written] if writer.commit_each_file else []
     try:
-        manifest.failed(root_cause(exc), files, time.time()).write(run.output, run.redact, retry)
-        remove_staging(run.output, retry, run.run_id)
-        pointer = Pointer.read(run.output, retry)
+        manifest.failed(root_cause(exc), files, time.time()).write(run.output, run.redact, table.retry)
+        table.remove_staging(run.run_id)
+        pointer = table.pointer_as_written()
         if writer.commit_each_file and pointer is not None:
-            _write_card(run, pointer, retry, writer.written)
+            _write_card(run, pointer, table, writer.written)
         elif pointer is None or pointer.data != writer.folder:  # an overwrite that never flipped
-            discard_folder(run.output, writer.folder, retry)
+            table.discard_folder(writer.folder)
     except Exception as record_exc:  # the run's own error is the one to raise
         log.warning("could not record the failed run %s: %s", run.run_id, run.redact(str(record_exc)))
 

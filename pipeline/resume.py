@@ -6,31 +6,16 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import ray
 
-from .output import current_files
+from .output import LabelTable
 from .retry import Retry
 from .storage import Location
 
 
-def existing_ids(output: Location, retry: Retry) -> pa.Array:
-    """The `image_id` column of every committed data file (only that column is read)."""
-    fs = output.filesystem()
-
-    def read() -> pa.Array:
-        files = current_files(output, retry)
-        if not files:
-            return pa.array([], pa.string())
-        dataset = pads.dataset(files, filesystem=fs, format="parquet")
-        return dataset.to_table(columns=["image_id"]).column("image_id").combine_chunks()
-
-    return retry.call(f"reading the image ids of {output.uri}", read)
-
-
 def read_image_ids(output_uri: str, storage_options: dict[str, Any] | None = None) -> set[str]:
     """The image ids already labelled under `output_uri` (what an incremental run skips)."""
-    return set(existing_ids(Location.parse(output_uri, storage_options), Retry()).to_pylist())
+    return set(LabelTable(Location.parse(output_uri, storage_options), Retry()).image_ids().to_pylist())
 
 
 def drop_existing(listing: pa.Table, *, existing: ray.ObjectRef) -> pa.Table:

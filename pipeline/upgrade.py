@@ -23,21 +23,17 @@ from pydantic import ValidationError
 from .errors import StorageUnavailable
 from .lease import OutputLease
 from .output import (
-    RUN_SUCCEEDED,
     LabelIdentity,
+    LabelTable,
     Manifest,
     Pointer,
     data_file,
     data_folder_name,
-    legacy_files,
     manifest_path,
     new_run_id,
-    write_card,
-    write_parquet,
 )
 from .output.layout import LEGACY_RUNS_DIR, replace_file
 from .output.reader import OutputError
-from .resume import existing_ids
 from .retry import Retry
 from .storage import Location
 
@@ -61,8 +57,9 @@ def upgrade_output(uri: str, storage_options: dict[str, Any] | None = None) -> U
     keeps one row.
     """
     output, retry = Location.parse(uri, storage_options), Retry()
+    table = LabelTable(output, retry)
     fs = output.filesystem()
-    found = legacy_files(output, retry)
+    found = table.legacy_files()
     runs_kind = retry.call(f"reading {uri}", lambda: fs.get_file_info(output.join(LEGACY_RUNS_DIR)).type)
     if runs_kind == pafs.FileType.File:
         raise OutputError(f"{uri}: {LEGACY_RUNS_DIR} is a file, not the folder of run manifests 0.1 wrote; move it")
@@ -72,18 +69,17 @@ def upgrade_output(uri: str, storage_options: dict[str, Any] | None = None) -> U
         names = [n for n in found if n != LEGACY_RUNS_DIR]
         schemas = {name: _root_file_schema(output, name, retry) for name in names}
         manifests = _move_manifests(output, fs, retry)
-        pointer = Pointer.read(output, retry) or Pointer(
+        pointer = table.pointer_as_written() or Pointer(
             data=data_folder_name(new_run_id()), identity=_identity(uri, manifests), created_by="upgrade"
         )
         for name, schema in schemas.items():
             _check_identity(uri, name, schema, pointer)
-        pointer.write(output, retry)  # before any file, so that a second attempt writes into the same folder
-        seen = set(existing_ids(output, retry).to_pylist())
+        table.set_pointer(pointer)  # before any file, so that a second attempt writes into the same folder
+        seen = set(table.image_ids().to_pylist())
         duplicates = 0
         for name in schemas:
-            duplicates += _move_data_file(output, name, pointer, seen, retry)
-        runs = sum(m.status == RUN_SUCCEEDED for m in manifests)
-        write_card(output, pointer, runs, retry)
+            duplicates += _move_data_file(table, name, pointer, seen)
+        table.write_card(pointer)
     return Upgrade(pointer, len(schemas), duplicates)
 
 
@@ -109,9 +105,10 @@ def _check_identity(uri: str, name: str, schema: pa.Schema, pointer: Pointer) ->
         raise OutputError(f"cannot upgrade {uri}: {name} was labelled differently from the output ({conflict})")
 
 
-def _move_data_file(output: Location, name: str, pointer: Pointer, seen: set[str], retry: Retry) -> int:
+def _move_data_file(table: LabelTable, name: str, pointer: Pointer, seen: set[str]) -> int:
     """Rewrite one root data file into the data folder, the identity in its metadata, without the rows of
     images in `seen` (which it extends); then delete it. Returns the rows left out."""
+    output, retry = table.location, table.retry
     fs = output.filesystem()
     source, target = output.join(name), data_file(output, pointer.data, name)
     table = retry.call(f"reading {output.uri_of(source)}", lambda: pq.read_table(source, filesystem=fs))
@@ -119,7 +116,7 @@ def _move_data_file(output: Location, name: str, pointer: Pointer, seen: set[str
     keep = [image_id not in seen and not seen.add(image_id) for image_id in ids]
     rows = table.filter(pa.array(keep)).replace_schema_metadata(pointer.identity.schema_metadata())
     if rows.num_rows:
-        retry.call(f"writing {output.uri_of(target)}", lambda: write_parquet(output, target, [rows], rows.schema))
+        table.write(target, [rows], rows.schema)
     retry.call(f"deleting {output.uri_of(source)}", lambda: fs.delete_file(source))
     return table.num_rows - rows.num_rows
 

@@ -68,6 +68,7 @@ from .rows import (
     error_class,
     output_schema,
 )
+from .table import LabelTable
 from .versions import KEEP_REPLACED_S, Pointer, PointerDamaged, checked_pointer, current_files, stale_folders
 
 __all__ = [
@@ -106,6 +107,7 @@ __all__ = [
     "UNREADABLE_NOT_REGULAR",
     "FileCount",
     "LabelIdentity",
+    "LabelTable",
     "LabelledOutput",
     "Manifest",
     "OutputError",

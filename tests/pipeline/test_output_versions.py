@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 from helpers import data_dir, ok_row, write_output
 
-from pipeline.output import KEEP_REPLACED_S, PointerDamaged, checked_pointer
+from pipeline.output import KEEP_REPLACED_S, LabelTable, PointerDamaged, checked_pointer
 from pipeline.retry import Retry
-from pipeline.sink import tidy
 from pipeline.storage import Location
 
 RETRY = Retry(patience_s=5)
@@ -60,7 +59,8 @@ def test_a_missing_pointer_over_a_succeeded_run_is_refused_but_a_dead_overwrite_
     (fresh / "data-dead").mkdir(parents=True)
     (fresh / "data-dead" / "part-dead-000000.parquet").write_bytes(b"PAR1")
     location = Location.parse(str(fresh))
-    assert tidy(location, checked_pointer(location, RETRY), RETRY) is None
+    table = LabelTable(location, RETRY)
+    assert table.tidy(table.pointer()) is None
     assert not (fresh / "data-dead").exists()
 
 
@@ -79,7 +79,8 @@ def test_tidy_removes_dead_runs_leftovers_and_expired_folders_only(tmp_path):
         {"folder": "data-recent", "replaced_at": now - 10},
     ]
     edit_pointer(root, replaced=replaced)
-    kept = tidy(output, checked_pointer(output, RETRY), RETRY)
+    table = LabelTable(output, RETRY)
+    kept = table.tidy(table.pointer())
     assert [r.folder for r in kept.replaced] == ["data-recent"]  # the pointer stops naming what goes
     assert not old.exists() and not dead.exists() and recent.exists()
     assert data_dir(root).name == "data-run1" and not (root / "_sfp" / "staging").exists()

@@ -4,7 +4,7 @@ A file that was unreadable because the bucket was briefly gone, or a
 permission was missing, deserves another try; an image that is not an image
 does not. `Destination.retry_errors` chooses (transient | all | none). Each
 data file holding rows to retry is rewritten without them onto its own name
-(`output.write_parquet`: a rename locally, one PUT on object stores, so one
+(`parts.write_parquet`: a rename locally, one PUT on object stores, so one
 atomic replacement per file and no copy), before labelling starts. At no
 moment does an image have two rows: after a crash the dropped images are
 simply missing, and the next incremental run labels them like new ones.
@@ -17,9 +17,11 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from .output import ERROR_CLASS_TRANSIENT, STATUS_ERROR, current_files, error_class, write_parquet
-from .retry import Retry
-from .storage import Location
+from ..retry import Retry
+from ..storage import Location
+from .parts import write_parquet
+from .rows import ERROR_CLASS_TRANSIENT, STATUS_ERROR, error_class
+from .versions import current_files
 
 
 def drop_rows_to_relabel(output: Location, policy: str, retry: Retry) -> int:
