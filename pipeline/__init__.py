@@ -25,6 +25,7 @@ from .errors import (
     UnsupportedStorage,
 )
 from .inputs.sources import read_source
+from .lease import writing_job
 from .output import (
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_MAX_PIXELS,
@@ -125,6 +126,7 @@ __all__ = [
     "read_labels",
     "read_source",
     "upgrade_output",
+    "writing_job",
 ]
 
 

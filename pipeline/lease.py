@@ -146,6 +146,12 @@ def live_lease(output: Location, retry: Retry) -> LeaseRecord | None:
     return retry.call(f"reading the lease of {output.uri}", read)
 
 
+def writing_job(output: Location) -> str | None:
+    """The job name of the run writing `output` right now (its live lease), or None: what `show` reports."""
+    record = live_lease(output, Retry(patience_s=10))
+    return record.job if record else None
+
+
 @dataclass(frozen=True)
 class LeaseClaim:
     """The generation of an output's lease that a run holds; checked before each commit (picklable)."""

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline import RUN_RUNNING, RUN_SUCCEEDED, STATUS_OK, LabelledOutput, Manifest
+from pipeline import RUN_RUNNING, RUN_SUCCEEDED, STATUS_OK, LabelledOutput, Manifest, writing_job
 
 COLUMNS = ("status", "error", "class_ids", "class_pixels", "mean_confidence", "outlier_count", "outliers")
 TOP = 5
@@ -94,7 +94,7 @@ def summarize(output: LabelledOutput) -> dict[str, Any]:
     present = np.flatnonzero(tally.class_images).tolist()
     per_image = np.concatenate(tally.outlier_counts) if tally.outlier_counts else np.zeros(0, np.int64)
     images = sum(tally.status.values())
-    writing = output.writing_job()
+    writing = writing_job(output.location)
     return {
         "output": output.uri,
         "images": images,

@@ -23,9 +23,9 @@ from sfp_core import UserError
 from ..retry import Retry
 from ..storage import Location
 from .identity import LabelIdentity
-from .layout import folder_files, legacy_files
 from .manifest import Manifest
 from .rows import STATUS_OK
+from .table import LabelTable
 from .versions import Pointer
 
 BATCH_ROWS = 1024
@@ -68,11 +68,12 @@ class LabelledOutput:
         info = retry.call(f"opening {location.uri}", lambda: fs.get_file_info(location.path))
         if info.type != pafs.FileType.Directory:
             raise OutputError(f"{uri}: no such output folder")
-        legacy = legacy_files(location, retry)
+        table = LabelTable(location, retry)
+        legacy = table.legacy_files()
         if legacy:
             raise LegacyOutputLayout(legacy_advice(uri, legacy))
-        pointer = Pointer.read(location, retry)
-        files = folder_files(location, pointer.data, retry) if pointer else []
+        pointer = table.pointer_as_written()
+        files = table.files_of(pointer) if pointer else []
         # Before its first file is committed an output still has its columns: an empty table, not no table.
         schema = pointer.identity.schema() if pointer and not files else None
         try:
@@ -89,13 +90,6 @@ class LabelledOutput:
         if not self.dataset.files:
             return
         yield from self.dataset.to_batches(columns=list(columns), batch_size=BATCH_ROWS)
-
-    def writing_job(self) -> str | None:
-        """The job name of the run writing this output right now (its live lease), or None."""
-        from ..lease import live_lease  # the lease sits above the output format
-
-        record = live_lease(self.location, Retry(patience_s=10))
-        return record.job if record else None
 
     @property
     def data_folder(self) -> str | None:

@@ -70,6 +70,10 @@ class LabelTable:
         """The data files of the current version (paths in the output's filesystem)."""
         return current_files(self.location, self.retry)
 
+    def files_of(self, pointer: Pointer) -> list[str]:
+        """The data files of the version `pointer` names (paths, sorted)."""
+        return folder_files(self.location, pointer.data, self.retry)
+
     def file_names(self, folder: str) -> set[str]:
         """The data files a folder holds, named relative to the output root."""
         return {relative_path(self.location, path) for path in folder_files(self.location, folder, self.retry)}
