@@ -7,11 +7,16 @@ OpenAI released CLIP as TorchScript archives: a zip of a pickled module tree
 shared=True)` creates files, for one). Here `data.pkl` goes through an
 unpickler that knows only how to rebuild tensors from the stored bytes and
 stands a plain container in for every scripted class; the code is never read.
+What an archive can make us hold is bounded, whatever its pickle or zip headers
+claim: no view has more elements than its storage, and the storages read and the
+tensors copied out of them each total at most the caller's `max_bytes`.
 See docs/design.md ("Weights are data").
 """
 
 from __future__ import annotations
 
+import io
+import math
 import pickle
 import zipfile
 from collections import OrderedDict
@@ -34,8 +39,10 @@ _STORAGE_DTYPES = {
     "BoolStorage": torch.bool,
 }
 _SCRIPTED_CLASS_PREFIX = "__torch__"
-# Archives store tensors uncompressed; a deflated entry that grows more than this is a zip bomb.
-_MAX_EXPANSION = 100
+# OpenAI's archives hold a few hundred tensors and a data.pkl of some 100 KB (~140 bytes a tensor);
+# these leave ample room and bound what a hostile pickle or zip directory can make us build.
+_MAX_PICKLE_BYTES = 4 << 20
+_MAX_ENTRIES = 65_536
 
 
 class ArchiveError(ValueError):
@@ -64,13 +71,38 @@ class _StorageType:
         self.dtype = dtype
 
 
-def _rebuild_tensor(storage: torch.Tensor, offset: int, size: Any, stride: Any, *_: Any) -> torch.Tensor:
-    """A view of the flat storage with the recorded shape; requires_grad and hooks are ignored."""
-    size, stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
-    needed = int(offset) + sum((n - 1) * s for n, s in zip(size, stride, strict=True)) + 1 if all(size) else 0
-    if int(offset) < 0 or needed > storage.numel():
-        raise ArchiveError(f"a tensor of shape {size} reaches past its storage of {storage.numel()} elements")
-    return storage.as_strided(size, stride, int(offset))
+def _ints(values: Any) -> tuple[int, ...] | None:
+    if isinstance(values, (tuple, list)) and all(type(v) is int for v in values):
+        return tuple(values)
+    return None
+
+
+def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, *_: Any) -> torch.Tensor:
+    """A view of the flat storage with the recorded shape; requires_grad and hooks are ignored.
+
+    The view may neither reach outside its storage nor hold more elements than it: a one-byte
+    storage viewed with stride 0 as 1.5e9 elements would cost 1.5 GB once copied.
+    """
+    if not isinstance(storage, torch.Tensor):
+        raise ArchiveError("a tensor is rebuilt from something that is not a storage")
+    shape, steps = _ints(size), _ints(stride)
+    if (
+        shape is None
+        or steps is None
+        or type(offset) is not int
+        or len(shape) != len(steps)
+        or min((offset, *shape, *steps)) < 0
+    ):
+        raise ArchiveError(
+            f"a tensor has a malformed shape {size!r:.80}, stride {stride!r:.80} or offset {offset!r:.20}"
+        )
+    count, available = math.prod(shape), storage.numel()
+    if count > available:
+        raise ArchiveError(f"a tensor of shape {shape} has more elements than its storage of {available}")
+    end = offset + sum((n - 1) * s for n, s in zip(shape, steps, strict=True)) + 1 if count else offset
+    if end > available:
+        raise ArchiveError(f"a tensor of shape {shape} reaches past its storage of {available} elements")
+    return storage.as_strided(shape, steps, offset)
 
 
 def _rebuild_parameter(data: torch.Tensor, *_: Any) -> torch.Tensor:
@@ -95,13 +127,29 @@ _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
 }
 
 
-class _DataOnlyUnpickler(pickle.Unpickler):
-    def __init__(self, archive: zipfile.ZipFile, prefix: str, payload: bytes):
-        import io
+def _too_big(max_bytes: int) -> ArchiveError:
+    return ArchiveError(
+        f"its tensors need more than the {max_bytes:,} bytes allowed for this archive "
+        "(save larger models as safetensors)"
+    )
 
+
+def _read_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo, size: int) -> bytes:
+    """The first `size` bytes of an entry, inflating no more whatever its header claims."""
+    with archive.open(info) as entry:
+        data = entry.read(size)
+    if len(data) != size:
+        raise ArchiveError(f"{info.filename} holds fewer bytes than its header says")
+    return data
+
+
+class _DataOnlyUnpickler(pickle.Unpickler):
+    def __init__(self, archive: zipfile.ZipFile, prefix: str, payload: bytes, max_bytes: int):
         super().__init__(io.BytesIO(payload))
         self._archive = archive
         self._prefix = prefix
+        self._max_bytes = max_bytes
+        self._bytes_left = max_bytes
         self._storages: dict[str, torch.Tensor] = {}
         self._stand_ins: dict[str, type[ScriptedObject]] = {}
 
@@ -120,23 +168,24 @@ class _DataOnlyUnpickler(pickle.Unpickler):
             raise ArchiveError(f"unknown persistent reference {str(pid)[:80]}")
         _, storage_type, key, _location, numel = pid
         if not isinstance(storage_type, _StorageType) or not isinstance(numel, int) or numel < 0:
-            raise ArchiveError(f"malformed storage reference for {key!r}")
+            raise ArchiveError(f"malformed storage reference for {str(key)[:80]!r}")
         if key not in self._storages:
             self._storages[key] = self._read_storage(str(key), storage_type.dtype, numel)
         return self._storages[key]
 
     def _read_storage(self, key: str, dtype: torch.dtype, numel: int) -> torch.Tensor:
         name = f"{self._prefix}data/{key}"
-        itemsize = torch.empty((), dtype=dtype).element_size()
+        size = numel * torch.empty((), dtype=dtype).element_size()
+        if size > self._bytes_left:
+            raise _too_big(self._max_bytes)
+        self._bytes_left -= size
         try:
             info = self._archive.getinfo(name)
         except KeyError as exc:
-            raise ArchiveError(f"storage {name} is missing") from exc
-        if info.file_size < numel * itemsize:
-            raise ArchiveError(f"storage {name} holds {info.file_size} bytes, {numel * itemsize} expected")
-        if info.file_size > _MAX_EXPANSION * info.compress_size + (1 << 20):
-            raise ArchiveError(f"storage {name} expands {info.file_size} bytes from {info.compress_size}")
-        raw = bytearray(self._archive.read(name)[: numel * itemsize])
+            raise ArchiveError(f"storage {name[:120]} is missing") from exc
+        if info.file_size < size:
+            raise ArchiveError(f"storage {name} holds {info.file_size} bytes, {size} expected")
+        raw = bytearray(_read_entry(self._archive, info, size))
         return torch.frombuffer(raw, dtype=dtype) if numel else torch.empty(0, dtype=dtype)
 
 
@@ -169,18 +218,31 @@ def _named_tensors(obj: Any, prefix: str, depth: int = 0) -> Iterator[tuple[str,
             yield from _named_tensors(value, f"{prefix}{name}.", depth + 1)
 
 
-def read_archive_tensors(archive: zipfile.ZipFile) -> dict[str, torch.Tensor]:
+def read_archive_tensors(archive: zipfile.ZipFile, max_bytes: int) -> dict[str, torch.Tensor]:
     """Every tensor attribute of the archived module tree (parameters, buffers and plain tensor attributes).
 
     TorchScript's pickle does not tell parameters from other tensor attributes,
-    so callers drop the names their model does not have.
+    so callers drop the names their model does not have. The storages read, and
+    the tensors copied out of them, each total at most `max_bytes`; any failure
+    is an ArchiveError.
     """
-    prefix = _data_pickle_prefix(archive)
-    unpickler = _DataOnlyUnpickler(archive, prefix, archive.read(f"{prefix}data.pkl"))
     try:
-        root = unpickler.load()
+        return _read(archive, max_bytes)
     except ArchiveError:
         raise
-    except Exception as exc:  # a malformed pickle stream
-        raise ArchiveError(f"its data.pkl cannot be read: {type(exc).__name__}: {exc}") from exc
-    return {name: tensor.clone() for name, tensor in _named_tensors(root, "")}
+    except Exception as exc:  # a malformed pickle, a damaged entry (BadZipFile, zlib.error, EOFError), no memory
+        raise ArchiveError(f"it cannot be read: {type(exc).__name__}: {str(exc)[:300]}") from exc
+
+
+def _read(archive: zipfile.ZipFile, max_bytes: int) -> dict[str, torch.Tensor]:
+    if len(archive.infolist()) > _MAX_ENTRIES:
+        raise ArchiveError(f"it has more than {_MAX_ENTRIES} entries")
+    prefix = _data_pickle_prefix(archive)
+    info = archive.getinfo(f"{prefix}data.pkl")
+    if info.file_size > _MAX_PICKLE_BYTES:
+        raise ArchiveError(f"its data.pkl claims {info.file_size:,} bytes, more than the {_MAX_PICKLE_BYTES:,} allowed")
+    root = _DataOnlyUnpickler(archive, prefix, _read_entry(archive, info, info.file_size), max_bytes).load()
+    tensors = dict(_named_tensors(root, ""))
+    if sum(tensor.numel() * tensor.element_size() for tensor in tensors.values()) > max_bytes:
+        raise _too_big(max_bytes)
+    return {name: tensor.clone() for name, tensor in tensors.items()}

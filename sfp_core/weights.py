@@ -34,6 +34,12 @@ _DERIVED_BUFFERS = ("attn_mask",)
 _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_MAGIC = b"\x80"
 _HUB_HOST = ("huggingface.co", 443)
+# The most a TorchScript archive's tensors may take in memory (their storages, and again the copies made of
+# them). OpenAI's largest ViT archive (ViT-L/14@336px, fp16) holds 0.9 GB and an fp32 ViT-L/14 1.7 GB;
+# larger models come as safetensors. Archives store tensors uncompressed, so storages that inflate to more
+# than ARCHIVE_INFLATION times the file's own size are a zip bomb. See docs/design.md ("Weights are data").
+MAX_ARCHIVE_BYTES = 2 << 30
+ARCHIVE_INFLATION = 10
 
 
 class WeightsError(UserError):
@@ -217,16 +223,20 @@ def _holds_torchscript(path: Path) -> bool:
     try:
         with zipfile.ZipFile(path) as archive:
             return is_torchscript_archive(archive)
-    except zipfile.BadZipFile as exc:
-        raise WeightsError(f"weights {path} is not a checkpoint (a damaged zip: {exc})") from exc
+    except Exception as exc:  # BadZipFile, or a zip directory that makes zipfile fail some other way
+        raise WeightsError(f"weights {path} is not a checkpoint (a damaged zip: {type(exc).__name__}: {exc})") from exc
 
 
 def _archive_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """The archive's tensors within MAX_ARCHIVE_BYTES; every failure is a WeightsError naming the file."""
     try:
+        max_bytes = min(MAX_ARCHIVE_BYTES, ARCHIVE_INFLATION * path.stat().st_size)
         with zipfile.ZipFile(path) as archive:
-            return read_archive_tensors(archive)
+            return read_archive_tensors(archive, max_bytes)
     except ArchiveError as exc:
         raise WeightsError(f"refusing to load weights {path} (TorchScript archive): {exc}") from exc
+    except Exception as exc:  # opening the zip again failed (it was read once already), or no memory was left
+        raise WeightsError(f"cannot read weights {path} (TorchScript archive): {type(exc).__name__}: {exc}") from exc
 
 
 def _torch_load(path: Path) -> Any:
