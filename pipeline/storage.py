@@ -24,7 +24,7 @@ from urllib.parse import quote, unquote, urlsplit
 import pyarrow.fs as pafs
 from fsspec import AbstractFileSystem
 
-from sfp_core import check_uri, public_uri, strip_user_info, user_info, without_user_info
+from sfp_core import check_uri, credentials_moved_to_options, public_uri, user_info, without_user_info
 
 from .secrets import MIN_REDACTED_LENGTH, REDACTED, holds_secret, secret_value_kind, secret_values
 
@@ -140,8 +140,8 @@ class Location:
         scheme = check_uri(uri, what)
         if scheme is None:  # a plain local path
             return cls("file", _local_path(uri), options)
-        user, password = user_info(uri)
-        rest = unquote(strip_user_info(uri).split("://", 1)[1])
+        located, moved = credentials_moved_to_options(uri, options)
+        rest = unquote(located.split("://", 1)[1])
         if scheme == "file":
             return cls("file", _local_path(rest), options)
         if scheme in ("s3", "s3a", "gs", "gcs"):
@@ -150,12 +150,9 @@ class Location:
             path = posixpath.normpath(rest).rstrip("/")
             if path.startswith(".."):
                 raise ValueError(f"{public_uri(uri)}: the path leaves the bucket")
-            if user or password:
-                options.setdefault("key", user)
-                options.setdefault("secret", password)
             if scheme.startswith("s3"):
-                return cls("s3", path, _with_environment_endpoint(options))
-            return cls("gs", path, options)
+                return cls("s3", path, _with_environment_endpoint(moved))
+            return cls("gs", path, moved)
         import fsspec
 
         _, path = fsspec.core.url_to_fs(uri, **options)

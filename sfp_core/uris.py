@@ -11,6 +11,8 @@ what may be written or printed of a URI (docs/design.md, "Secrets").
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from .errors import UserError
@@ -80,6 +82,18 @@ def user_info(uri: str) -> tuple[str, str]:
         return "", ""
     user, _, password = match.group(0)[len(match.group(1)) : -1].partition(":")
     return unquote(user), unquote(password)
+
+
+def credentials_moved_to_options(uri: str, options: Mapping[str, Any] | None) -> tuple[str, dict[str, Any]]:
+    """(the URI without user info, the storage options with its user and password as `key` / `secret`):
+    the one way a credential written into a URI reaches the storage library, never a bucket or a path.
+    Options given explicitly win over the URI's."""
+    moved = dict(options or {})
+    user, password = user_info(uri)
+    if user or password:
+        moved.setdefault("key", user)
+        moved.setdefault("secret", password)
+    return strip_user_info(uri), moved
 
 
 def has_user_password(text: str) -> bool:

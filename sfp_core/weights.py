@@ -23,7 +23,7 @@ import torch
 
 from .errors import RetryableError, UserError
 from .torchscript import ArchiveError, is_torchscript_archive, read_archive_tensors
-from .uris import check_uri, public_uri, strip_user_info, user_info, without_user_info
+from .uris import check_uri, credentials_moved_to_options, public_uri, user_info, without_user_info
 
 log = logging.getLogger(__name__)
 
@@ -137,11 +137,8 @@ def remote_fingerprint(uri: str, storage_options: dict[str, Any] | None) -> tupl
     import fsspec
 
     check_uri(uri, "weights")
-    options = dict(storage_options or {})
     user, password = user_info(uri)
-    if user or password:
-        options.setdefault("key", user)
-        options.setdefault("secret", password)
+    located, options = credentials_moved_to_options(uri, storage_options)
     shown = public_uri(uri)
 
     def said(exc: Exception) -> str:
@@ -151,7 +148,7 @@ def remote_fingerprint(uri: str, storage_options: dict[str, Any] | None) -> tupl
         return text
 
     try:
-        fs, path = fsspec.core.url_to_fs(strip_user_info(uri), **options)
+        fs, path = fsspec.core.url_to_fs(located, **options)
         return fs, path, fs.ukey(path)
     except FileNotFoundError as exc:
         raise WeightsError(f"weights {shown} not found") from exc
