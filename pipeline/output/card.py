@@ -20,14 +20,13 @@ import json
 from collections.abc import Mapping
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..retry import Retry
 from ..storage import Location
 from .layout import card_path, counts_path, folder_file_sizes, read_small_file, relative_path, replace_file
-from .parts import ok_rows
+from .parts import count_rows
 from .versions import Pointer
 
 MARKER = "<!-- written by sfp-label: rewritten after every run -->"
@@ -102,10 +101,8 @@ def _read_counts(output: Location, retry: Retry) -> FolderCounts | None:
 def _count(output: Location, path: str, size: int, retry: Retry) -> FileCount:
     """Rows and ok rows of one file; only its status column is read."""
     fs = output.filesystem()
-    status = retry.call(
-        f"counting the rows of {output.uri_of(path)}", lambda: pq.read_table(path, filesystem=fs, columns=["status"])
-    )
-    return FileCount(size=size, rows=status.num_rows, ok=ok_rows(status))
+    rows, ok = retry.call(f"counting the rows of {output.uri_of(path)}", lambda: count_rows(fs, path))
+    return FileCount(size=size, rows=rows, ok=ok)
 
 
 def render_card(pointer: Pointer, *, ok: int, total: int, runs: int) -> str:

@@ -187,8 +187,14 @@ def merge_parts(
 
 
 def _record_of(fs: pafs.FileSystem, output: Location, path: str) -> PartRecord:
-    table = pq.read_table(path, filesystem=fs, columns=["status"])
-    return PartRecord(relative_path(output, path), table.num_rows, ok_rows(table), fs.get_file_info(path).size)
+    rows, ok = count_rows(fs, path)
+    return PartRecord(relative_path(output, path), rows, ok, fs.get_file_info(path).size)
+
+
+def count_rows(fs: pafs.FileSystem, path: str) -> tuple[int, int]:
+    """(rows, ok rows) of a data file; only its status column is read."""
+    status = pq.read_table(path, filesystem=fs, columns=["status"])
+    return status.num_rows, ok_rows(status)
 
 
 def _delete_if_there(fs: pafs.FileSystem, path: str) -> None:
