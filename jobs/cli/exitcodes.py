@@ -17,11 +17,54 @@ class ExitCode(IntEnum):
     TERMINATED = 143  # SIGTERM (Kubernetes, Airflow, `ray job stop`): 128 + 15
 
 
-HELP = """exit codes:
-  0    ok: every image labelled, or nothing new to label
-  2    bad job file, --set value or arguments (the message names the field); do not retry
-  3    partial failure: the run finished but some images got error rows
-  4    crash: the run failed (storage, Ray, weights, bug); a retry may help
-  5    busy: another run of this output holds its lease; nothing was done
-  130  interrupted (Ctrl-C): finished files are kept, the lease released
-  143  terminated (SIGTERM): the same"""
+_RUN = {
+    ExitCode.OK: "ok: every image labelled, or nothing new to label",
+    ExitCode.BAD_JOB: "bad job file, --set value or arguments (the message names the field); do not retry",
+    ExitCode.PARTIAL: "partial failure: the run finished but some images got error rows",
+    ExitCode.CRASH: "crash: the run failed (storage, Ray, weights, bug); a retry may help",
+    ExitCode.BUSY: "busy: another run of this output holds its lease; nothing was done",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C): finished files are kept, the lease released",
+    ExitCode.TERMINATED: "terminated (SIGTERM): the same",
+}
+_VALIDATE = {
+    ExitCode.OK: "ok: the job and what it names (input, output, weights) would run",
+    ExitCode.BAD_JOB: "bad job file, --set value or arguments, or what it names is missing or refused; do not retry",
+    ExitCode.CRASH: "storage or network trouble (a retry may help), or a bug (with its traceback)",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
+    ExitCode.TERMINATED: "terminated (SIGTERM)",
+}
+_SHOW = {
+    ExitCode.OK: "ok",
+    ExitCode.BAD_JOB: "not an sfp-label output, or bad arguments (the message names which); do not retry",
+    ExitCode.CRASH: "storage trouble (a retry may help), or a bug (with its traceback)",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
+    ExitCode.TERMINATED: "terminated (SIGTERM)",
+}
+_WRITE = _SHOW | {  # export, eval, render: they write local files too
+    ExitCode.BAD_JOB: "not an sfp-label output, bad arguments, or a destination that is a file; do not retry",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C): what was written so far stays",
+    ExitCode.TERMINATED: "terminated (SIGTERM): the same",
+}
+_COMPACT = _SHOW | {
+    ExitCode.OK: "ok: compacted, or nothing to compact",
+    ExitCode.BUSY: "busy: a run holds the output's lease; nothing was done",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C): the current version stands",
+    ExitCode.TERMINATED: "terminated (SIGTERM): the same",
+}
+_UPGRADE = _COMPACT | {
+    ExitCode.OK: "ok: moved into the current layout",
+    ExitCode.BAD_JOB: "nothing to upgrade, a file it cannot move, or bad arguments (the message names it)",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C): run it again to finish the move",
+}
+_BY_COMMAND = {
+    "run": _RUN, "validate": _VALIDATE, "show": _SHOW, "export": _WRITE, "eval": _WRITE, "render": _WRITE,
+    "compact": _COMPACT, "upgrade": _UPGRADE,
+}  # fmt: skip
+
+
+def exit_codes_help(command: str | None = None) -> str:
+    """The exit-code table for `--help`: the codes `command` can return, in its words; the program's is
+    `run`'s, which has them all."""
+    meanings = _BY_COMMAND[command or "run"]
+    rows = (f"  {code.value:<4} {meanings[code]}" for code in sorted(meanings))
+    return "\n".join(["exit codes:", *rows])

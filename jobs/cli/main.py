@@ -18,8 +18,7 @@ import yaml
 
 from sfp_core import BusyError, RetryableError, UserError
 
-from .exitcodes import HELP as EXIT_CODES_HELP
-from .exitcodes import ExitCode
+from .exitcodes import ExitCode, exit_codes_help
 from .progress import DEFAULT_LINE_EVERY_S
 from .quiet import LOG_FORMAT, quiet_warnings
 
@@ -35,7 +34,7 @@ EXAMPLES = """examples:
   sfp-label validate jobs/bucket.yaml                         check a job file (exit 2 and the field if bad)
   sfp-label show out/demo                                     counts, classes, outlier statistics
   sfp-label show s3://bucket/labels/voc21 -o endpoint_url=http://127.0.0.1:8333 --json
-  sfp-label export out/demo out/demo-voc --ignore-below 0.5   masks for a trainer (VOC / mmseg layout)
+  sfp-label export out/demo out/demo-voc --ignore-below 0.12  masks for a trainer (VOC / mmseg layout)
   sfp-label eval out/voc21 --gt data/VOCdevkit/VOC2012/SegmentationClass   mIoU / mAcc / aAcc per class
   sfp-label render out/demo out/demo-html --limit 50          overlays, outlier maps and an index.html
   sfp-label export out/demo out/demo-coco.json --format coco  COCO JSON, one RLE annotation per class and image
@@ -57,14 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sfp-label",
         description="Label image corpora with SFP (training-free open-vocabulary segmentation) on Ray.",
-        epilog=f"{EXAMPLES}\n{EXIT_CODES_HELP}",
+        epilog=f"{EXAMPLES}\n{exit_codes_help()}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def job_command(name: str, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(
-            name, help=help_text, description=help_text, epilog=EXIT_CODES_HELP,
+            name, help=help_text, description=help_text, epilog=exit_codes_help(name),
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )  # fmt: skip
         sub.add_argument("job", type=Path, metavar="JOB.yaml")
@@ -94,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def output_command(name: str, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(
-            name, help=help_text, description=help_text, epilog=EXIT_CODES_HELP,
+            name, help=help_text, description=help_text, epilog=exit_codes_help(name),
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )  # fmt: skip
         sub.add_argument("output", metavar="OUTPUT_URI", help="a finished job's output.uri")
@@ -213,8 +212,12 @@ def _output(args: argparse.Namespace) -> ExitCode:
         from ..tools.show import error_rows, format_summary, summarize
 
         if args.errors:
+            listed = False
             for image_id, reason in error_rows(output):
                 print(f"{image_id}\t{reason}")
+                listed = True
+            if not listed:  # on stderr: stdout stays the list, empty, for scripts
+                print(f"{args.output}: no error rows", file=sys.stderr)
             return ExitCode.OK
         summary = summarize(output)
         print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
@@ -243,9 +246,11 @@ def _output(args: argparse.Namespace) -> ExitCode:
 
 def _eval_or_render(args: argparse.Namespace, output: LabelledOutput, storage_options: dict[str, Any]) -> ExitCode:
     if args.command == "eval":
+        from ..tools.destination import writable_folder
         from ..tools.evaluate import GroundTruth, class_names, evaluate
         from ..tools.labelmaps import FORMATS
 
+        writable_folder(args.out)  # before the scoring, not when its files are written
         gt = GroundTruth.open(args.gt, FORMATS[args.gt_format], args.gt_suffix, storage_options)
         report = evaluate(output, gt, class_names(output, args.vocab))
         print(report.table())

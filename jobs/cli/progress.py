@@ -45,16 +45,22 @@ class ProgressDisplay:
         self.every = BAR_REFRESH_S if self.live else line_every_s
         self._last = float("-inf")
         self._drawn = False
+        self._unshown: Progress | None = None  # the latest figures, when the throttle held them back
 
     def __call__(self, progress: Progress) -> None:
         now = time.monotonic()
         finished = progress.finished
         if now - self._last < self.every and not finished:
+            self._unshown = progress
             return
         self._last = now
+        self._show(progress)
+
+    def _show(self, progress: Progress) -> None:
+        self._unshown = None
         if self.live:
             self._bar(progress)
-        elif progress.done or finished:
+        elif progress.done or progress.finished:
             print(f"progress: {figures(progress)}", file=self.stream, flush=True)
 
     def _bar(self, progress: Progress) -> None:
@@ -69,7 +75,10 @@ class ProgressDisplay:
         self._drawn = True
 
     def close(self) -> None:
-        """End the bar's line, so what is printed next starts on its own."""
+        """Show the last figures if the throttle held them back (a shard run's final count of shards read
+        comes right after its last rows), then end the bar's line so what is printed next starts on its own."""
+        if self._unshown is not None:
+            self._show(self._unshown)
         if self._drawn:
             self.stream.write("\n")
             self.stream.flush()

@@ -25,6 +25,7 @@ from pycocotools import mask as coco_mask
 
 from pipeline import STATUS_OK, LabelledOutput, OutputError
 
+from .destination import DestinationError, writable_folder
 from .unsure import UnsurePixels
 
 ANNOTATIONS_FILE = "annotations.json"
@@ -54,7 +55,9 @@ def export_coco(output: LabelledOutput, destination: Path, *, ignore_below: floa
     if names is None:
         raise OutputError(f"{output.uri}: no pointer names the classes; was it written by sfp-label?")
     path = coco_path(destination)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise DestinationError(f"{path} is a folder; give a .json file or a folder to hold {ANNOTATIONS_FILE}")
+    writable_folder(path.parent).mkdir(parents=True, exist_ok=True)
     columns = ["image_id", "status", "width", "height", "mask_png"]
     columns += ["confidence_png"] if ignore_below is not None else []
     counts = {"images": 0, "annotations": 0, "skipped": 0}

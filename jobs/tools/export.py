@@ -21,6 +21,7 @@ from PIL import Image
 from pipeline import STATUS_OK, LabelledOutput, OutputError, mask_dtype_for
 from sfp_core import spans_lines
 
+from .destination import writable_folder
 from .unsure import UnsurePixels
 
 LABEL_DIR = "SegmentationClass"
@@ -83,6 +84,7 @@ def export(
     split: str = "train",
 ) -> ExportReport:
     """Write every ok row's mask; error rows have no mask and are counted, not exported."""
+    writable_folder(directory)
     names = output.class_names()
     if names is None:
         raise OutputError(f"{output.uri}: no run manifest names the classes; was it written by sfp-label?")

@@ -25,6 +25,8 @@ from PIL import Image, ImageDraw
 
 from pipeline import DEFAULT_MAX_PIXELS, STATUS_OK, LabelledOutput, OutputError, decode_image, read_source
 
+from .destination import writable_folder
+
 COLUMNS = (
     "image_id", "uri", "status", "error", "width", "height", "mask_png", "class_ids", "class_pixels",
     "mean_confidence", "outlier_count", "outlier_ratio", "score_max", "windows", "outliers",
@@ -216,8 +218,9 @@ def render(
     if names is None:
         raise OutputError(f"{output.uri}: no run manifest names the classes; was it written by sfp-label?")
     painter = _Painter(names, max_side)
+    writable_folder(directory)
     for sub in (OVERLAY_DIR, OUTLIER_DIR):
-        (directory / sub).mkdir(parents=True, exist_ok=True)
+        writable_folder(directory / sub).mkdir(parents=True, exist_ok=True)
     report = RenderReport(directory)
     for batch in output.batches(COLUMNS):
         for row in batch.to_pylist():

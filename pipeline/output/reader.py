@@ -23,6 +23,7 @@ from sfp_core import UserError
 from ..retry import Retry
 from ..storage import Location
 from .identity import LabelIdentity
+from .layout import POINTER_FILE
 from .manifest import Manifest
 from .rows import STATUS_OK
 from .table import LabelTable
@@ -73,6 +74,9 @@ class LabelledOutput:
         if legacy:
             raise LegacyOutputLayout(legacy_advice(uri, legacy))
         pointer = table.pointer_as_written()
+        manifests = Manifest.read_all(location, retry)
+        if pointer is None and not manifests:  # a first run that has not committed has one or the other
+            raise OutputError(f"{uri}: not an sfp-label output (no {POINTER_FILE}, no run manifests)")
         files = table.files_of(pointer) if pointer else []
         # Before its first file is committed an output still has its columns: an empty table, not no table.
         schema = pointer.identity.schema() if pointer and not files else None
@@ -80,7 +84,7 @@ class LabelledOutput:
             dataset = ds.dataset(files, schema=schema, filesystem=fs, format="parquet")
         except (pa.ArrowInvalid, OSError) as exc:
             raise OutputError(f"{uri}: not a Parquet output ({exc})") from exc
-        return cls(uri, location, dataset, Manifest.read_all(location, retry), pointer)
+        return cls(uri, location, dataset, manifests, pointer)
 
     def batches(self, columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
         """Stream the current rows, only the given columns (masks stay unread unless asked for)."""
@@ -110,7 +114,11 @@ class LabelledOutput:
 
 @dataclass(frozen=True)
 class LabelledImage:
-    """One row of an output, decoded: `mask` is H x W class indices, `confidence` H x W floats in [0, 1]."""
+    """One row of an output, decoded: `mask` is H x W class indices, `confidence` H x W floats in [0, 1].
+
+    Two name lists, indexed differently: `class_names` lines up with `class_ids` (the classes this image
+    holds), `all_class_names` with the mask's values (`all_class_names[mask[y, x]]` names a pixel).
+    """
 
     image_id: str
     uri: str
@@ -121,7 +129,8 @@ class LabelledImage:
     mask: np.ndarray | None
     confidence: np.ndarray | None
     class_ids: list[int]  # classes present in the mask, ascending
-    class_names: list[str]  # their names, aligned with class_ids
+    class_names: list[str]  # their names, aligned with class_ids (class_names[i] names class_ids[i])
+    all_class_names: tuple[str, ...]  # the output's whole vocabulary, index = mask value (one tuple for all rows)
     stats: dict[str, float | int | None] = field(default_factory=dict)
 
     @property
@@ -135,17 +144,18 @@ def read_labels(
     """Every image of the output at `uri`, decoded, in file order; streams (one batch of rows in memory).
 
     `confidence=True` also decodes the confidence maps (outputs written with
-    `output.confidence`; None otherwise).
+    `output.confidence`; None otherwise). A folder that is not an sfp-label
+    output raises `OutputError`; one whose first run has not committed yields nothing.
     """
     output = LabelledOutput.open(uri, storage_options)
-    names = output.class_names() or []
+    names = tuple(output.class_names() or ())
     columns = [*_HELPER_COLUMNS, *(["confidence_png"] if confidence else [])]
     for batch in output.batches(columns):
         for row in batch.to_pylist():
             yield _decoded(row, names)
 
 
-def _decoded(row: dict[str, Any], names: list[str]) -> LabelledImage:
+def _decoded(row: dict[str, Any], names: tuple[str, ...]) -> LabelledImage:
     ids = row["class_ids"] or []
     return LabelledImage(
         image_id=row["image_id"],
@@ -158,6 +168,7 @@ def _decoded(row: dict[str, Any], names: list[str]) -> LabelledImage:
         confidence=None if row.get("confidence_png") is None else _png(row["confidence_png"]) / np.float32(255),
         class_ids=ids,
         class_names=[names[i] if i < len(names) else str(i) for i in ids],
+        all_class_names=names,
         stats={name: row[name] for name in _STAT_COLUMNS},
     )
 

@@ -1,4 +1,5 @@
-"""`sfp-label show` and `export` through the real entry point, on outputs written here with pyarrow."""
+"""`sfp-label show` and `export` through the real entry point (and what `render` and `eval` refuse), and
+`read_labels`, on outputs written here with pyarrow."""
 
 from __future__ import annotations
 
@@ -277,3 +278,56 @@ def test_a_damaged_pointer_is_refused_in_two_lines(output, pointer, words):
     result = cli("show", str(output))
     assert result.returncode == 2 and "current.json is damaged" in result.stderr and words in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) <= 2
+
+
+def assert_one_or_two_lines(result: subprocess.CompletedProcess) -> None:
+    """A user mistake: exit 2 and one or two lines naming it, never a traceback (docs/design.md, "Errors")."""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and 1 <= len(lines) <= 2 and "Traceback" not in result.stderr, result.stderr
+
+
+def test_show_refuses_a_folder_that_is_not_an_output(tmp_path):
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.jpg").write_bytes(b"not ours")
+    result = cli("show", str(tmp_path / "photos"))
+    assert_one_or_two_lines(result)
+    assert "not an sfp-label output" in result.stderr and str(tmp_path / "photos") in result.stderr
+    assert result.stdout == ""
+
+
+def test_show_errors_says_when_there_are_none(tmp_path):
+    root = write_output(tmp_path / "out", [ok_row("a.jpg", MASK_A, None, [])])
+    result = cli("show", str(root), "--errors")
+    assert result.returncode == 0 and result.stdout == ""  # stdout stays the (empty) list, for scripts
+    assert result.stderr.strip() == f"{root}: no error rows"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["export", "{out}", "{file}"],
+        ["export", "{out}", "{file}", "--format", "coco"],
+        ["render", "{out}", "{file}"],
+        ["eval", "{out}", "--gt", "{gt}", "--out", "{file}"],
+    ],
+    ids=["voc", "coco", "render", "eval"],
+)
+def test_writing_into_an_existing_file_is_refused_in_one_line(output, tmp_path, args):
+    (tmp_path / "gt").mkdir()
+    occupied = tmp_path / "occupied"
+    occupied.write_text("keep me\n")
+    result = cli(*(arg.format(out=output, file=occupied, gt=tmp_path / "gt") for arg in args))
+    assert_one_or_two_lines(result)
+    assert str(occupied) in result.stderr and "not a folder" in result.stderr
+    assert occupied.read_text() == "keep me\n"
+
+
+def test_read_labels_names_the_classes_present_and_gives_the_whole_vocabulary(output):
+    from pipeline import read_labels
+
+    images = {image.image_id: image for image in read_labels(str(output))}
+    a = images["a.jpg"]
+    assert a.class_ids == [0, 2] and a.class_names == ["background", "dog"]  # pairwise with class_ids
+    assert a.all_class_names == ("background", "cat", "dog")  # index = mask value
+    assert [a.all_class_names[value] for value in a.mask[0]] == ["background", "background", "dog", "dog"]
+    assert images["sub/b.png"].all_class_names is a.all_class_names
