@@ -318,7 +318,7 @@ def test_an_overwrite_killed_mid_commit_leaves_one_whole_version(ray_local, imag
     driver = textwrap.dedent(
         f"""
         import os, signal
-        import pipeline.sink
+        import pipeline.output.commits
         from pipeline import Destination, LabelRequest, ModelChoice, Source, label
         from sfp_core import SFPConfig, Vocabulary
 
@@ -326,7 +326,7 @@ def test_an_overwrite_killed_mid_commit_leaves_one_whole_version(ray_local, imag
             if step == {stop_at!r}:
                 os.kill(os.getpid(), signal.SIGKILL)
 
-        pipeline.sink.commit_step_hook = stop
+        pipeline.output.commits.commit_step_hook = stop
         label(LabelRequest(
             input=Source(uri={str(source)!r}),
             output=Destination(uri={str(output)!r}, mode="overwrite", rows_per_file=1),
