@@ -4,6 +4,7 @@ the work lives in `jobs.jobfile`, `jobs.tools` and `pipeline`."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -20,7 +21,7 @@ from sfp_core import BusyError, RetryableError, UserError
 
 from .exitcodes import ExitCode, exit_codes_help
 from .progress import DEFAULT_LINE_EVERY_S
-from .quiet import LOG_FORMAT, quiet_warnings
+from .quiet import LOG_FORMAT, quiet_warnings, without_ray_core_lines
 
 if TYPE_CHECKING:
     from pipeline import LabelledOutput, RunSummary
@@ -169,8 +170,10 @@ def _run(args: argparse.Namespace) -> ExitCode:
 
     shown = None if args.no_progress else ProgressDisplay(line_every_s=args.progress_every)
     display = RunDisplay(on_progress=shown, ray_progress=args.ray_progress, verbose=args.verbose)
+    filtered = contextlib.nullcontext() if args.verbose else without_ray_core_lines()
     try:
-        summary = run_job(job, display)
+        with filtered:
+            summary = run_job(job, display)
     finally:
         if shown is not None:
             shown.close()

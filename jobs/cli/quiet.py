@@ -3,13 +3,25 @@
 Warnings our own code caused are fixed where they arise; what remains comes
 from our dependencies (deprecations inside Ray Data, PyTorch and friends) and
 is the maintainers' concern, not the user's. Ray's and the workers' logs are
-kept out of the driver's output by `pipeline.ensure_ray` itself.
+kept out of the driver's output by `pipeline.ensure_ray` itself, except one
+route: Ray's C++ core worker copies its own ERROR lines to the driver's
+stderr (ray-project/ray#18577), and a routine one comes with every actor pool
+(Ray Data's actors take their arguments from the object store and may be
+restarted: ray-project/ray#53727). `without_ray_core_lines` keeps such lines
+off the terminal; they stay in Ray's log files (`python-core-driver-*.log`),
+and a real failure still reaches us as an exception.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import re
+import sys
+import threading
 import warnings
+from collections.abc import Iterator
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Loggers that speak at WARNING about their own internals (Ray's start-up, autoscaler hints).
@@ -21,3 +33,77 @@ def quiet_warnings() -> None:
         warnings.filterwarnings("ignore", category=category)
     for name in _CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+# `[2026-12-07 17:39:26,953 E 24579 24579] core_worker.cc:2465: ...`: the C++ log format (spdlog), levels
+# debug to error. Fatal lines (`F`) pass: the process dies right after them.
+_RAY_CORE_LINE = re.compile(rb"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [DIWE] \d+ \d+\] [\w./-]+:\d+: ")
+_DECIDED_AFTER = 64  # bytes of a line after which the pattern has matched or not
+
+
+class _LineFilter:
+    """Copies bytes to `out` as they come (a progress bar redraws with `\r`, without a newline), except
+    whole lines that start like a Ray core log line."""
+
+    def __init__(self, out: int):
+        self.out = out
+        self.head = b""  # the start of the current line while it may still be a Ray line
+        self.mode: str | None = None  # "pass" or "drop" once the current line is decided
+
+    def feed(self, data: bytes) -> None:
+        while data:
+            line, newline, data = data.partition(b"\n")
+            self._part(line + newline, ended=bool(newline))
+
+    def _part(self, part: bytes, ended: bool) -> None:
+        if self.mode is None:
+            self.head += part
+            if not ended and len(self.head) < _DECIDED_AFTER and _may_become_ray_line(self.head):
+                return
+            self.mode = "drop" if _RAY_CORE_LINE.match(self.head) else "pass"
+            part, self.head = self.head, b""
+        if self.mode == "pass":
+            os.write(self.out, part)
+        if ended:
+            self.mode = None
+
+    def close(self) -> None:
+        if self.head and not _RAY_CORE_LINE.match(self.head):
+            os.write(self.out, self.head)
+
+
+def _may_become_ray_line(head: bytes) -> bool:
+    """Whether `head` could still grow into a Ray core log line (the checked prefix agrees so far)."""
+    template = b"[0000-00-00 00:00:00,000 "
+    for have, want in zip(head, template, strict=False):
+        if (want == ord("0") and not chr(have).isdigit()) or (want != ord("0") and have != want):
+            return False
+    return True
+
+
+@contextlib.contextmanager
+def without_ray_core_lines() -> Iterator[None]:
+    """Inside: this process's stderr (fd 2) goes through a filter that drops Ray core log lines."""
+    sys.stderr.flush()
+    terminal = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    line_filter = _LineFilter(terminal)
+
+    def copy() -> None:
+        while chunk := os.read(read_end, 65536):
+            line_filter.feed(chunk)
+        line_filter.close()
+
+    thread = threading.Thread(target=copy, name="sfp-stderr", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(terminal, 2)  # the pipe's write end closes, unless a child process still holds it
+        thread.join(timeout=2.0)
+        if not thread.is_alive():  # else it goes on filtering what that child writes
+            os.close(read_end)
+            os.close(terminal)

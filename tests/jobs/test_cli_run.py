@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,8 @@ from PIL import Image
 from jobs.cli.exitcodes import ExitCode
 from sfp_core import SFPConfig
 
+# What Ray's C++ core worker prints: `[2026-12-07 17:39:26,953 E 24579 24579] core_worker.cc:2465: ...`
+RAY_LOG_LINE = re.compile(r"^\[\d{4}-\d\d-\d\d [\d:,]+ [A-Z] \d+ \d+\] \S+\.cc:\d+:", re.MULTILINE)
 SFP_LABEL = str(Path(sys.executable).parent / "sfp-label")
 DEMO_PHOTOS = sorted(path.name for path in (ROOT / "examples" / "images").glob("*.jpg"))
 DESIGN_COLUMNS = [
@@ -50,6 +53,7 @@ def test_demo_job_as_the_readme_runs_it(tmp_path):
 
     first = cli("run", "jobs/demo.yaml", "--set", "model.weights=random", cwd=tmp_path)
     assert first.returncode == ExitCode.OK, first.stderr[-3000:]
+    assert not RAY_LOG_LINE.search(first.stderr), first.stderr  # Ray's own log lines stay in its log files
     assert f"{len(DEMO_PHOTOS)} ok, 0 error, 0 skipped" in first.stdout
 
     output = tmp_path / "out" / "demo"
