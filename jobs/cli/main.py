@@ -39,7 +39,9 @@ EXAMPLES = """examples:
   sfp-label eval out/voc21 --gt data/VOCdevkit/VOC2012/SegmentationClass   mIoU / mAcc / aAcc per class
   sfp-label render out/demo out/demo-html --limit 50          overlays, outlier maps and an index.html
   sfp-label export out/demo out/demo-coco.json --format coco  COCO JSON, one RLE annotation per class and image
-  ray job submit --working-dir . -- sfp-label run jobs/voc21.yaml   on a Ray cluster
+  ray job submit --working-dir . --entrypoint-resources '{"driver": 1}' -- sfp-label run jobs/voc21.yaml \
+      --set input.uri=s3://bucket/voc/JPEGImages --set output.uri=s3://bucket/labels/voc21 --no-progress
+                                                              on a Ray cluster (pip install -e ".[cluster]")
 
 Job files: YAML (see jobs/*.yaml); ${VAR} and ${VAR:-default} take non-secret values from the
 environment; credentials are refused in job files and come from the environment or ~/.aws etc.
