@@ -289,6 +289,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         quiet_warnings()
     try:
         return int(_run(args) if args.command in ("run", "validate") else _output(args))
+    except SystemExit as exc:  # while `ray.init` runs, Ray's own SIGTERM handler calls sys.exit(15)
+        if exc.code != signal.SIGTERM:
+            raise
+        return int(_report(Terminated(), args.command))
     except BrokenPipeError:  # `sfp-label show OUT | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return int(ExitCode.OK)

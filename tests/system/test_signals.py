@@ -81,3 +81,25 @@ def test_a_local_ray_listens_on_loopback_only():
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "127.0.0.1"
+
+
+def test_sigterm_at_any_moment_exits_143_with_one_line(tmp_path):
+    """Before Ray starts (job loading, preflight), while `ray.init` runs (Ray's own SIGTERM handler is in
+    place then), and once it labels: always 143 and the terminated line, never 15, -6 or a traceback."""
+    path = job(tmp_path, 12)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    for delay in (0.5, 2.0, 4.0, 6.0, 9.0):
+        process = subprocess.Popen(
+            [SFP_LABEL, "run", str(path), "--no-progress"], env=env, stderr=subprocess.PIPE, text=True
+        )
+        time.sleep(delay)
+        if process.poll() is not None:
+            continue  # already finished on a fast machine: nothing to stop
+        sent = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=90)
+        took = time.monotonic() - sent
+        assert process.returncode in (ExitCode.TERMINATED, ExitCode.OK), (delay, process.returncode, err[-3000:])
+        if process.returncode == ExitCode.TERMINATED:
+            assert "terminated" in err and "Traceback" not in err, (delay, err[-3000:])
+        print(f"SIGTERM {delay:.1f}s after start: exit {process.returncode} {took:.1f}s after the signal")
