@@ -7,8 +7,10 @@ folder (or nothing yet) these credentials may write, laid out as this release
 writes, holding no one else's files and, for incremental runs, labelled with
 the same vocabulary and settings; the weights exist (a file, one HEAD for a
 URI, a cached or reachable tag) for a known architecture; the vocabulary
-fits the mask format. `offline=True` skips what touches storage or network.
-Each failure is a `UserError` naming the thing and the fix.
+fits the mask format; a storage endpoint's host name exists; some node can
+host one actor (`cluster.py`). `offline=True` skips what touches storage,
+network or the cluster, and loads no torch. Each failure is a `UserError`
+naming the thing and the fix.
 """
 
 from __future__ import annotations
@@ -17,12 +19,15 @@ import collections
 import os
 import posixpath
 import secrets
+import socket
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
 
-from sfp_core import check_weights, mask_dtype_for
+from sfp_core import arch_patch_size, mask_dtype_for
 
+from .cluster import check_capacity, cluster_capacity
 from .errors import (
     ForeignFilesInOutput,
     InputHasNoImages,
@@ -30,6 +35,7 @@ from .errors import (
     OutputLabelledDifferently,
     OutputNotADirectory,
     OutputNotWritable,
+    StorageEndpointUnknown,
     access_denied,
     root_cause,
 )
@@ -39,11 +45,13 @@ from .output import META_DIR, LabelTable, Pointer, foreign_files, is_hidden
 from .output.reader import LegacyOutputLayout, legacy_advice
 from .request import LabelRequest
 from .retry import Retry, is_access_denied
-from .storage import Location, fsspec_options
+from .storage import Location, endpoint_of, fsspec_options
 from .walk import walk_local
 
 _SHOWN_EXTENSIONS = 5
 _FORMAT_CHECKS = {"webdataset": check_shards, "parquet": check_tables, "list": check_list}
+# getaddrinfo's answer for a name that does not exist; a name server that does not answer is an outage.
+_NO_SUCH_HOST = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
 
 
 @dataclass
@@ -62,16 +70,24 @@ class InputProbe:
         return f"it holds {self.files_seen} other files ({common})"
 
 
-def preflight(request: LabelRequest, *, offline: bool = False, retry: Retry | None = None) -> None:
-    """Raise the first `UserError` the request would hit; return quietly when it can run."""
+def preflight(
+    request: LabelRequest, *, offline: bool = False, retry: Retry | None = None, verbose: bool = False
+) -> None:
+    """Raise the first `UserError` the request would hit; return quietly when it can run.
+
+    Last, whether the cluster can host one actor (`cluster.check_capacity`): a cluster in RAY_ADDRESS is
+    joined for that, quietly unless `verbose` (as `ensure_ray`); a local Ray is not started.
+    """
     retry = retry or Retry(patience_s=request.output.storage_retry_s)
     redact = request.redactor()
     source = InputReader(request.input, redact, retry).location()
     output = Location.parse(request.output.uri, dict(request.output.storage_options))
     if offline:
-        check_weights(request.model.arch, "random")  # the architecture only
+        arch_patch_size(request.model.arch)  # a known ViT, read from its config: no torch
         mask_dtype_for(len(request.vocabulary))
         return
+    _check_endpoint(source, "input")
+    _check_endpoint(output, "output")
     try:
         _check_input(request, source, retry)
         _check_output(request, output, retry)
@@ -79,9 +95,32 @@ def preflight(request: LabelRequest, *, offline: bool = False, retry: Retry | No
         if is_access_denied(exc):
             raise access_denied(source.uri, output.uri, redact(root_cause(exc))) from exc
         raise
+    from sfp_core import check_weights  # open_clip's tags and the checkpoint readers load torch
+
     model = request.model
     check_weights(model.arch, model.weights, storage_options=fsspec_options(model.weights, dict(model.storage_options)))
     mask_dtype_for(len(request.vocabulary))
+    check_capacity(request.resources, cluster_capacity(verbose))
+
+
+def _check_endpoint(location: Location, section: str) -> None:
+    """An endpoint whose host name does not exist is a typo, refused in seconds rather than retried for
+    `storage_retry_s`; one that is only unreachable (or whose name server is) is an outage, left to the
+    retries."""
+    endpoint = endpoint_of(location)
+    parts = urlsplit(f"//{endpoint}") if endpoint else None
+    if parts is None or not parts.hostname:
+        return
+    try:
+        socket.getaddrinfo(parts.hostname, parts.port)
+    except socket.gaierror as exc:
+        if exc.errno not in _NO_SUCH_HOST:
+            return
+        shown = f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname
+        raise StorageEndpointUnknown(
+            f"{section} {location.uri}: the storage endpoint {shown} does not resolve (no such host); "
+            f"check endpoint_url in {section}.storage_options (or AWS_ENDPOINT_URL)"
+        ) from None
 
 
 def _check_input(request: LabelRequest, source: Location, retry: Retry) -> None:

@@ -49,6 +49,14 @@ class StorageAccessDenied(UserError, PermissionError):
     """The storage refused these credentials (missing, wrong or without permission)."""
 
 
+class StorageEndpointUnknown(UserError, ValueError):
+    """The storage endpoint's host name does not exist (a typo in `endpoint_url`), found before any retry."""
+
+
+class ClusterCannotHostActor(UserError):
+    """No node of a cluster that cannot grow has what one SFP actor asks (a GPU on a machine without one)."""
+
+
 class StorageUnavailable(RetryableError, RuntimeError):
     """Storage kept failing transiently for longer than the retry policy's patience."""
 

@@ -21,6 +21,7 @@ from ray.data import DataContext
 from sfp_core import SFPLabelError
 
 from .checks import check_same_labels, preflight
+from .cluster import ACTOR_CPUS, waiting_reports
 from .decode import decode_batch
 from .encode import encode_batch
 from .errors import access_denied, root_cause, unwrap_task_error
@@ -57,7 +58,6 @@ T = TypeVar("T")
 # resource shape unlike the predictor's also keeps Ray from fusing decoding
 # into the actor, where the model would wait for it.
 CPU_TASK_CPUS = 0.5
-ACTOR_CPUS = 1.0
 DECODE_BATCH = 16
 # A killed actor is replaced (Ray restarts it: one model load) and its batch retried; a batch that
 # kills its actor this many times fails the run instead of looping (Ray Data's default is forever).
@@ -180,7 +180,7 @@ def label(request: LabelRequest, display: RunDisplay | None = None) -> RunSummar
     `LeaseHeld` when another run writes the output.
     """
     run = _Run.start(request, display or RunDisplay())
-    preflight(request, retry=run.retry)
+    preflight(request, retry=run.retry, verbose=run.display.verbose)
     manifest = run.manifest()
     with redacted_logs(run.redact), OutputLease(run.output, request.run_name or run.run_id, retry=run.retry) as lease:
         previous = _prepare_output(run)
@@ -194,7 +194,8 @@ def label(request: LabelRequest, display: RunDisplay | None = None) -> RunSummar
         present = run.table.file_names(folder)
         writer = _writer(run, folder, lease)
         try:
-            pending, total = _label_todo(run, writer)
+            with waiting_reports(request.resources):
+                pending, total = _label_todo(run, writer)
             current = _commit(run, lease, writer, pending, previous, present)
         except BaseException as exc:
             writer.abandon()

@@ -1,4 +1,8 @@
-"""The actor (GPU or CPU): one SFP model per Ray actor, loaded once, mapping batches of decoded images."""
+"""The actor (GPU or CPU): one SFP model per Ray actor, loaded once, mapping batches of decoded images.
+
+torch and the model load in the actor, not at import: the driver imports this
+module to hand Ray the class and never needs them (docs/design.md, "Layers").
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,8 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import torch
 
-from sfp_core import SegmentResult, SFPSegmenter
+from sfp_core import SegmentResult
 
 from .arrays import column_arrays, tensor_column
 from .output import OUTLIER_TYPE, REASON_UNSUPPORTED, STATUS_ERROR, STATUS_OK
@@ -25,6 +28,10 @@ class SFPPredictor:
     """
 
     def __init__(self, settings: PredictorSettings):
+        import torch
+
+        from sfp_core import SFPSegmenter
+
         if settings.device == "cpu":  # Ray pins actors to one thread; a CPU actor gets its share of the node
             torch.set_num_threads(max(1, min(settings.threads, os.cpu_count() or 1)))
         model = settings.model
@@ -73,6 +80,8 @@ class SFPPredictor:
 
     def _segment(self, images: list[np.ndarray], sizes: list[tuple[int, int]]) -> list[SegmentResult | str]:
         """The whole batch at once; one by one if it runs out of device memory (a single huge image)."""
+        import torch  # already loaded by __init__
+
         if not images:
             return []
         try:

@@ -205,6 +205,15 @@ def path_of_uri(uri: str, storage_options: dict[str, Any] | None = None) -> tupl
     return Location(scheme, root, dict(storage_options or {}), given_uri=f"{scheme}://{quote(root)}"), path
 
 
+def endpoint_of(location: Location) -> str | None:
+    """`host[:port]` of the endpoint an s3:// or gs:// location's options (or AWS_ENDPOINT_URL) name; None for
+    the provider's own endpoint and for other storage."""
+    aliases = {"s3": _S3_ALIASES, "gs": _GCS_ALIASES}.get(location.scheme)
+    if aliases is None:
+        return None
+    return _endpoint(_aliased(dict(location.options), aliases)).get("endpoint_override")
+
+
 def is_local_uri(uri: str) -> bool:
     """A plain path or file:// URI: storage that only the machine running the code can see."""
     scheme = urlsplit(uri).scheme

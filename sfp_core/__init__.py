@@ -29,16 +29,17 @@ from .uris import (
 from .vocabulary import Vocabulary, VocabularyError, mask_dtype_for, spans_lines
 
 if TYPE_CHECKING:
-    from .backbone import UnknownArchitecture, arch_depth, arch_patch_size, check_weights
+    from .architectures import UnknownArchitecture, arch_depth, arch_patch_size
+    from .backbone import check_weights
     from .segmenter import SFPSegmenter
     from .weights import WeightsError, WeightsUnavailable
     from .windows import ImagePreparation, prepare_image
 
-# Names that need torch: the module each one lives in.
+# Names loaded on first use (all but `architectures` need torch): the module each one lives in.
 _HEAVY = {
-    "UnknownArchitecture": "backbone",
-    "arch_depth": "backbone",
-    "arch_patch_size": "backbone",
+    "UnknownArchitecture": "architectures",
+    "arch_depth": "architectures",
+    "arch_patch_size": "architectures",
     "check_weights": "backbone",
     "SFPSegmenter": "segmenter",
     "WeightsError": "weights",

@@ -11,7 +11,7 @@ from typing import Any
 import open_clip
 import torch
 
-from .errors import UserError
+from .architectures import OWN_CONFIGS, UnknownArchitecture, arch_patch_size
 from .uris import check_uri, is_uri
 from .weights import (
     WeightsError,
@@ -28,16 +28,11 @@ from .weights import (
 log = logging.getLogger(__name__)
 
 
-class UnknownArchitecture(UserError, ValueError):
-    """The architecture is not an open_clip ViT that SFP can run."""
-
-
 # A weights string ending like this names a file, even when the file is missing (not an open_clip tag).
 _FILE_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 
-# Small architectures for tests and smoke runs (e.g. SFP-Tiny-16: 12 blocks, width 128), registered with
-# open_clip on first use rather than at import, so importing sfp_core changes nothing in open_clip.
-_OWN_CONFIGS = Path(__file__).parent / "model_configs"
+# Our architectures are registered with open_clip on first use rather than at import, so importing
+# sfp_core changes nothing in open_clip.
 _registered = False
 
 
@@ -63,7 +58,7 @@ def model_config(arch: str) -> dict[str, Any]:
     """open_clip's configuration of `arch` (ours included); UnknownArchitecture if there is none."""
     global _registered
     if not _registered:
-        open_clip.add_model_config(_OWN_CONFIGS)
+        open_clip.add_model_config(OWN_CONFIGS)
         _registered = True
     cfg = open_clip.get_model_config(arch)
     if not cfg:
@@ -80,20 +75,6 @@ def _create(arch: str, quick_gelu: bool) -> torch.nn.Module:
         return open_clip.create_model(arch, pretrained=None, quick_gelu=quick_gelu)
     finally:
         root.removeFilter(notice_filter)
-
-
-def arch_patch_size(arch: str) -> int:
-    """Patch size of an open_clip ViT architecture, without building it."""
-    patch = model_config(arch).get("vision_cfg", {}).get("patch_size")
-    if patch is None:
-        raise UnknownArchitecture(f"open_clip architecture {arch!r} is not a ViT (no patch_size)")
-    return int(patch)
-
-
-def arch_depth(arch: str) -> int:
-    """Number of transformer blocks in the image tower of an open_clip ViT, without building it."""
-    arch_patch_size(arch)  # a ViT at all
-    return int(model_config(arch)["vision_cfg"]["layers"])
 
 
 def _arch_quick_gelu(arch: str) -> bool:

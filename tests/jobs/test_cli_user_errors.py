@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -70,7 +71,18 @@ CASES = {
         {"output_uri": "out/labels", "env": "submitted"},
         ["output.uri", "relative", "ray job submit", "absolute path"],
     ),
+    # Ray would wait for the GPU forever, in silence; a local Ray's node is all there will ever be.
+    "a GPU on a machine without one": (
+        {"tail": "resources: {gpus_per_actor: 1}\n", "env": "no GPU"},
+        ["resources.gpus_per_actor", "1 GPU", "CPU", "GPU 0", "gpus_per_actor: 0"],
+    ),
+    # Retried for output.storage_retry_s (120 s) before exit 4, when it is a typo.
+    "a storage endpoint that does not resolve": (
+        {"output_uri": "s3://bucket/x", "output_options": "{endpoint_url: 'http://no-such-host.invalid:8333'}"},
+        ["output", "no-such-host.invalid:8333", "does not resolve", "endpoint_url"],
+    ),
 }
+ENVIRONMENTS = {"submitted": {SUBMITTED_JOB_ENV: "{}"}, "no GPU": {"CUDA_VISIBLE_DEVICES": ""}}
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -85,14 +97,15 @@ def test_user_mistakes_exit_2_in_at_most_two_lines(tmp_path, case):
     keys = {"input_uri": f"{tmp_path}/images", "output_uri": f"{tmp_path}/out", "model": TINY, "vocabulary": CLASSES}
     changes, words = CASES[case]
     keys.update({name: value.replace("{tmp}", str(tmp_path)) for name, value in changes.items()})
-    env = {SUBMITTED_JOB_ENV: "{}"} if keys.pop("env", None) else None
-    extra = keys.pop("extra", "")
-    job = job_file(tmp_path, **keys)
+    env = ENVIRONMENTS.get(keys.pop("env", ""))
+    extra, output_options, tail = keys.pop("extra", ""), keys.pop("output_options", "{}"), keys.pop("tail", "")
+    job = job_file(tmp_path, **keys, extra=tail)
     job.write_text(
-        job.read_text().replace(
-            f"input: {{uri: '{keys['input_uri']}'}}", f"input:\n  uri: '{keys['input_uri']}'\n{extra}"
-        )
+        job.read_text()
+        .replace(f"input: {{uri: '{keys['input_uri']}'}}", f"input:\n  uri: '{keys['input_uri']}'\n{extra}")
+        .replace("output: {uri: ", f"output: {{storage_options: {output_options}, uri: ")
     )
+    started = time.monotonic()
     result = run(job, env=env, cwd=tmp_path)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == ExitCode.BAD_JOB, result.stderr[-3000:]
@@ -100,6 +113,7 @@ def test_user_mistakes_exit_2_in_at_most_two_lines(tmp_path, case):
     for word in words:
         assert word in result.stderr, (word, result.stderr)
     assert "Traceback" not in result.stderr
+    assert time.monotonic() - started < 90  # found at once: not after a retry window (120 s), nor never
     assert not (tmp_path / "out").exists()  # refused before anything was written
     assert "ray: False" in result.stdout  # found before Ray started
 
