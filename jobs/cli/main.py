@@ -292,7 +292,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # while `ray.init` runs, Ray's own SIGTERM handler calls sys.exit(15)
         if exc.code != signal.SIGTERM:
             raise
-        return int(_report(Terminated(), args.command))
+        code = _report(Terminated(), args.command)  # the lease was released on the way out; nothing ran yet
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(int(code))  # a Ray core stopped halfway through connecting aborts in its exit handlers
     except BrokenPipeError:  # `sfp-label show OUT | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return int(ExitCode.OK)
