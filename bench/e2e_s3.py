@@ -89,6 +89,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
         corpus = corpus_of(work / "corpus", args.images)
+        (work / "s3").mkdir()
         server = s3server.SeaweedS3(work / "s3", "benchkey" + secrets.token_hex(4), secrets.token_hex(16))
         server.start()
         try:
