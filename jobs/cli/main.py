@@ -26,7 +26,7 @@ from .quiet import LOG_FORMAT, quiet_warnings, without_ray_core_lines
 if TYPE_CHECKING:
     from pipeline import LabelledOutput, RunSummary
 
-MOSTLY_IGNORED = 0.5  # export warns when --ignore-below leaves more than this share of pixels unlabelled
+MOSTLY_IGNORED = 0.5  # export warns when the thresholds leave more than this share of pixels unlabelled
 
 EXAMPLES = """examples:
   sfp-label run jobs/demo.yaml --set model.weights=random     label examples/images into out/demo, offline
@@ -53,6 +53,13 @@ def _probability(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"{text} is not a probability in 0..1")
     return value
+
+
+def _class_threshold(text: str) -> tuple[str, float]:
+    name, sep, value = text.rpartition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=P, e.g. person=0.7")
+    return name, _probability(value)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--ignore-below", type=_probability, metavar="P",
         help="set pixels whose stored confidence is below P to the ignore index (needs output.confidence: true)",
+    )  # fmt: skip
+    export.add_argument(
+        "--ignore-below-class", action="append", default=[], type=_class_threshold, metavar="NAME=P",
+        help="the threshold of one class (its display name), instead of --ignore-below's (repeatable)",
     )  # fmt: skip
     export.add_argument("--ignore-index", type=int, default=255, help="voc: label of ignored pixels (default 255)")
     export.add_argument("--split", default="train", help="name of the id list, ImageSets/Segmentation/SPLIT.txt")
@@ -229,21 +240,25 @@ def _output(args: argparse.Namespace) -> ExitCode:
         return ExitCode.OK
     if args.command in ("eval", "render"):
         return _eval_or_render(args, output, options)
+    thresholds = dict(args.ignore_below_class)
     if args.format == "coco":
         from ..tools.coco import export_coco
 
-        report = export_coco(output, args.directory, ignore_below=args.ignore_below)
+        report = export_coco(output, args.directory, ignore_below=args.ignore_below, ignore_below_class=thresholds)
     else:
         from ..tools.export import export
 
         report = export(
-            output, args.directory, ignore_below=args.ignore_below, ignore_index=args.ignore_index, split=args.split
-        )
+            output, args.directory, ignore_below=args.ignore_below, ignore_below_class=thresholds,
+            ignore_index=args.ignore_index, split=args.split,
+        )  # fmt: skip
     print(report.one_line())
+    for line in report.unsure.class_lines():
+        print(line)
     if report.unsure.share > MOSTLY_IGNORED:
         print(
-            f"sfp-label export: warning: --ignore-below {args.ignore_below} left {report.unsure.share:.0%} of the "
-            "pixels unlabelled; a lower threshold keeps more of the masks",
+            f"sfp-label export: warning: the confidence thresholds left {report.unsure.share:.0%} of the "
+            "pixels unlabelled; lower ones keep more of the masks",
             file=sys.stderr,
         )
     return ExitCode.OK

@@ -4,26 +4,27 @@ annotation tools (CVAT, FiftyOne, supervision).
 Each image with a mask gets one annotation per class present, its pixels as
 COCO run-length encoding (pycocotools), with `area` and `bbox`. Category ids
 are class index + 1 (COCO keeps 0 free); each category also states the
-`mask_value` it has in the masks. With `ignore_below`, pixels whose stored
-confidence is lower belong to no annotation. Images and annotations are
+`mask_value` it has in the masks. With `ignore_below` / `ignore_below_class`,
+pixels whose stored confidence is below their class's threshold belong to no
+annotation. Images and annotations are
 streamed to spool files, so memory stays one image deep.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 import numpy as np
-from PIL import Image
 from pycocotools import mask as coco_mask
 
 from pipeline import STATUS_OK, LabelledOutput, OutputError
+from pipeline.output.reader import class_thresholds
 
 from .destination import DestinationError, writable_folder
 from .unsure import UnsurePixels
@@ -50,7 +51,13 @@ def coco_path(destination: Path) -> Path:
     return destination if destination.suffix == ".json" else destination / ANNOTATIONS_FILE
 
 
-def export_coco(output: LabelledOutput, destination: Path, *, ignore_below: float | None = None) -> CocoReport:
+def export_coco(
+    output: LabelledOutput,
+    destination: Path,
+    *,
+    ignore_below: float | None = None,
+    ignore_below_class: Mapping[str, float] | None = None,
+) -> CocoReport:
     names = output.class_names()
     if names is None:
         raise OutputError(f"{output.uri}: no pointer names the classes; was it written by sfp-label?")
@@ -58,10 +65,10 @@ def export_coco(output: LabelledOutput, destination: Path, *, ignore_below: floa
     if path.is_dir():
         raise DestinationError(f"{path} is a folder; give a .json file or a folder to hold {ANNOTATIONS_FILE}")
     writable_folder(path.parent).mkdir(parents=True, exist_ok=True)
+    unsure = UnsurePixels(names, class_thresholds(names, ignore_below, ignore_below_class))
     columns = ["image_id", "status", "width", "height", "mask_png"]
-    columns += ["confidence_png"] if ignore_below is not None else []
+    columns += ["confidence_png"] if unsure.thresholds is not None else []
     counts = {"images": 0, "annotations": 0, "skipped": 0}
-    unsure = UnsurePixels()
     with tempfile.TemporaryFile("w+") as images, tempfile.TemporaryFile("w+") as annotations:
         for batch in output.batches(columns):
             for row in batch.to_pylist():
@@ -72,29 +79,15 @@ def export_coco(output: LabelledOutput, destination: Path, *, ignore_below: floa
                 image_id = counts["images"]
                 _append(images, {"id": image_id, "file_name": row["image_id"], "width": row["width"],
                                  "height": row["height"]}, first=image_id == 1)  # fmt: skip
-                mask, ignored = _mask(output, row, ignore_below)
-                unsure = unsure.plus(ignored, mask.size)
+                mask, low = unsure.mask(output.uri, row)
+                mask = mask.astype(np.int64)
+                if low is not None:
+                    mask[low] = -1  # in no annotation
                 for annotation in class_annotations(mask, image_id):
                     counts["annotations"] += 1
                     _append(annotations, {"id": counts["annotations"], **annotation}, first=counts["annotations"] == 1)
         _assemble(path, names, images, annotations)
     return CocoReport(counts["images"], counts["annotations"], counts["skipped"], unsure, path)
-
-
-def _mask(output: LabelledOutput, row: dict, ignore_below: float | None) -> tuple[np.ndarray, int]:
-    """The class-index mask, with unsure pixels set to -1 when asked; and how many were."""
-    mask = np.asarray(Image.open(io.BytesIO(row["mask_png"]))).astype(np.int64)
-    if ignore_below is None:
-        return mask, 0
-    if row["confidence_png"] is None:
-        raise OutputError(
-            f"{output.uri}: {row['image_id']} has no stored confidence; --ignore-below needs a run with "
-            "output.confidence: true"
-        )
-    confidence = np.asarray(Image.open(io.BytesIO(row["confidence_png"])))
-    low = confidence.astype(np.float32) < ignore_below * 255.0
-    mask[low] = -1
-    return mask, int(low.sum())
 
 
 def class_annotations(mask: np.ndarray, image_id: int) -> list[dict]:

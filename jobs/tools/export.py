@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import io
 import posixpath
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
-from pipeline import STATUS_OK, LabelledOutput, OutputError, mask_dtype_for
+from pipeline import STATUS_OK, LabelledOutput, OutputError
+from pipeline.output.reader import IGNORE_INDEX, check_ignore_index, class_thresholds
 from sfp_core import spans_lines
 
 from .destination import writable_folder
@@ -27,7 +28,6 @@ from .unsure import UnsurePixels
 LABEL_DIR = "SegmentationClass"
 SPLIT_DIR = "ImageSets/Segmentation"
 CLASSES_FILE = "classes.txt"
-IGNORE_INDEX = 255  # the usual pseudo-label ignore index (VOC, mmseg, torchvision)
 
 
 @dataclass(frozen=True)
@@ -51,39 +51,18 @@ class ExportReport:
         )
 
 
-def _check_ignore_index(ignore_index: int, classes: int) -> None:
-    dtype = np.dtype(mask_dtype_for(classes))
-    largest = int(np.iinfo(dtype).max)
-    if not classes <= ignore_index <= largest:
-        raise OutputError(
-            f"ignore index {ignore_index} must lie in {classes}..{largest}: not a class of the {classes} classes "
-            f"and inside the masks' {dtype.itemsize * 8}-bit range"
-        )
-
-
-def _ignore_low_confidence(
-    mask_png: bytes, confidence_png: bytes, below: float, ignore_index: int
-) -> tuple[bytes, int, int]:
-    """The mask with pixels whose stored confidence (max probability x 255) is below `below` set to ignore;
-    how many were, of how many."""
-    mask = np.array(Image.open(io.BytesIO(mask_png)))
-    confidence = np.array(Image.open(io.BytesIO(confidence_png)))
-    low = confidence.astype(np.float32) < below * 255.0
-    mask[low] = ignore_index
-    buffer = io.BytesIO()
-    Image.fromarray(mask).save(buffer, format="PNG")
-    return buffer.getvalue(), int(low.sum()), int(low.size)
-
-
 def export(
     output: LabelledOutput,
     directory: Path,
     *,
     ignore_below: float | None = None,
+    ignore_below_class: Mapping[str, float] | None = None,
     ignore_index: int = IGNORE_INDEX,
     split: str = "train",
 ) -> ExportReport:
-    """Write every ok row's mask; error rows have no mask and are counted, not exported."""
+    """Write every ok row's mask; error rows have no mask and are counted, not exported. Pixels whose stored
+    confidence is below their class's threshold (`ignore_below_class`, else `ignore_below`) become
+    `ignore_index`."""
     writable_folder(directory)
     names = output.class_names()
     if names is None:
@@ -91,12 +70,12 @@ def export(
     broken = [name for name in names if spans_lines(name)]
     if broken:
         raise OutputError(f"{output.uri}: class name {broken[0]!r} spans lines; {CLASSES_FILE} holds one per line")
-    if ignore_below is not None:
-        _check_ignore_index(ignore_index, len(names))
-    columns = ["image_id", "status", "mask_png"] + (["confidence_png"] if ignore_below is not None else [])
+    unsure = UnsurePixels(names, class_thresholds(names, ignore_below, ignore_below_class))
+    if unsure.thresholds is not None:
+        check_ignore_index(ignore_index, len(names))
+    columns = ["image_id", "status", "mask_png"] + (["confidence_png"] if unsure.thresholds is not None else [])
     exported: dict[str, str] = {}
     skipped = 0
-    unsure = UnsurePixels()
     unsafe: list[str] = []
     for batch in output.batches(columns):
         for row in batch.to_pylist():
@@ -111,14 +90,12 @@ def export(
                 raise OutputError(f"images {exported[stem]!r} and {row['image_id']!r} would both export as {stem}.png")
             exported[stem] = row["image_id"]
             png = row["mask_png"]
-            if ignore_below is not None:
-                if row["confidence_png"] is None:
-                    raise OutputError(
-                        f"{output.uri}: {row['image_id']} has no stored confidence; --ignore-below needs a run "
-                        "with output.confidence: true"
-                    )
-                png, low, size = _ignore_low_confidence(png, row["confidence_png"], ignore_below, ignore_index)
-                unsure = unsure.plus(low, size)
+            if unsure.thresholds is not None:
+                mask, low = unsure.mask(output.uri, row)
+                mask[low] = ignore_index
+                buffer = io.BytesIO()
+                Image.fromarray(mask).save(buffer, format="PNG")
+                png = buffer.getvalue()
             _write_inside(directory, f"{LABEL_DIR}/{stem}.png", png)
     split_name = f"{SPLIT_DIR}/{split}.txt"
     _write_inside(directory, split_name, "".join(f"{stem}\n" for stem in sorted(exported)).encode())

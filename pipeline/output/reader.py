@@ -8,8 +8,8 @@ streamed batch by batch from any URI the pipeline writes to.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -18,7 +18,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 from PIL import Image
 
-from sfp_core import UserError
+from sfp_core import UserError, mask_dtype_for
 
 from ..retry import Retry
 from ..storage import Location
@@ -32,10 +32,15 @@ from .versions import Pointer
 BATCH_ROWS = 1024
 _STAT_COLUMNS = ("mean_confidence", "outlier_count", "outlier_ratio", "score_min", "score_mean", "score_max", "windows")
 _HELPER_COLUMNS = ("image_id", "uri", "status", "error", "width", "height", "mask_png", "class_ids", *_STAT_COLUMNS)
+IGNORE_INDEX = 255  # the usual pseudo-label ignore index (VOC, mmseg, torchvision)
 
 
 class OutputError(UserError, ValueError):
     """The URI holds no labelling output (missing, empty, or not ours)."""
+
+
+class ThresholdError(UserError, ValueError):
+    """A confidence threshold that is not a probability, or names no class of the output."""
 
 
 class LegacyOutputLayout(OutputError):
@@ -139,23 +144,87 @@ class LabelledImage:
 
 
 def read_labels(
-    uri: str, storage_options: dict[str, Any] | None = None, *, confidence: bool = False
+    uri: str,
+    storage_options: dict[str, Any] | None = None,
+    *,
+    confidence: bool = False,
+    ignore_below: float | None = None,
+    ignore_below_class: Mapping[str, float] | None = None,
+    ignore_index: int = IGNORE_INDEX,
 ) -> Iterator[LabelledImage]:
     """Every image of the output at `uri`, decoded, in file order; streams (one batch of rows in memory).
 
     `confidence=True` also decodes the confidence maps (outputs written with
-    `output.confidence`; None otherwise). A folder that is not an sfp-label
-    output raises `OutputError`; one whose first run has not committed yields nothing.
+    `output.confidence`; None otherwise). `ignore_below` (a default) and
+    `ignore_below_class` (class display name -> threshold) set mask pixels whose
+    stored confidence is below their class's threshold to `ignore_index`, as
+    `sfp-label export` does; `class_ids` and the stats stay as stored. A folder
+    that is not an sfp-label output raises `OutputError`; one whose first run has
+    not committed yields nothing.
     """
     output = LabelledOutput.open(uri, storage_options)
     names = tuple(output.class_names() or ())
-    columns = [*_HELPER_COLUMNS, *(["confidence_png"] if confidence else [])]
+    thresholds = class_thresholds(names, ignore_below, ignore_below_class)
+    if thresholds is not None:
+        check_ignore_index(ignore_index, len(names))
+    columns = [*_HELPER_COLUMNS, *(["confidence_png"] if confidence or thresholds is not None else [])]
     for batch in output.batches(columns):
         for row in batch.to_pylist():
-            yield _decoded(row, names)
+            image = _decoded(row, names, confidence)
+            if thresholds is not None and image.mask is not None:
+                mask = np.array(image.mask)
+                mask[unsure_pixels(mask, confidence_of(uri, row), thresholds)] = ignore_index
+                image = replace(image, mask=mask)
+            yield image
 
 
-def _decoded(row: dict[str, Any], names: tuple[str, ...]) -> LabelledImage:
+def class_thresholds(
+    names: Sequence[str], ignore_below: float | None, ignore_below_class: Mapping[str, float] | None
+) -> np.ndarray | None:
+    """Each mask value's threshold on the stored confidence (max probability x 255), plus a last one, the
+    default, for values past the vocabulary; None when nothing is to be ignored. A class named in
+    `ignore_below_class` (by its display name) has its own threshold, every other one `ignore_below` (or 0)."""
+    per_class = dict(ignore_below_class or {})
+    if ignore_below is None and not per_class:
+        return None
+    for name, value in [("the default", ignore_below or 0.0), *per_class.items()]:
+        if not 0.0 <= value <= 1.0:
+            raise ThresholdError(f"confidence threshold {value} for {name} is not a probability in 0..1")
+    unknown = [name for name in per_class if name not in names]
+    if unknown:
+        raise ThresholdError(f"{unknown[0]!r} names no class to threshold; the classes are: {', '.join(names)}")
+    default = ignore_below or 0.0
+    # x 255 in float64, then float32: what comparing a float32 array with `below * 255.0` does
+    return np.array([per_class.get(name, default) * 255.0 for name in names] + [default * 255.0], np.float32)
+
+
+def unsure_pixels(mask: np.ndarray, confidence: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Where the stored confidence (uint8) is below the threshold of the pixel's class (`class_thresholds`)."""
+    return confidence.astype(np.float32) < np.take(thresholds, mask, mode="clip")
+
+
+def confidence_of(uri: str, row: dict[str, Any]) -> np.ndarray:
+    """The row's stored confidence map; refused for outputs that did not keep one."""
+    if row.get("confidence_png") is None:
+        raise OutputError(
+            f"{uri}: {row['image_id']} has no stored confidence; ignoring pixels below a threshold needs a run "
+            "with output.confidence: true"
+        )
+    return _png(row["confidence_png"])
+
+
+def check_ignore_index(ignore_index: int, classes: int) -> None:
+    """The ignore index must be no class and fit the masks' integer type."""
+    dtype = np.dtype(mask_dtype_for(classes))
+    largest = int(np.iinfo(dtype).max)
+    if not classes <= ignore_index <= largest:
+        raise OutputError(
+            f"ignore index {ignore_index} must lie in {classes}..{largest}: not a class of the {classes} classes "
+            f"and inside the masks' {dtype.itemsize * 8}-bit range"
+        )
+
+
+def _decoded(row: dict[str, Any], names: tuple[str, ...], confidence: bool) -> LabelledImage:
     ids = row["class_ids"] or []
     return LabelledImage(
         image_id=row["image_id"],
@@ -165,7 +234,7 @@ def _decoded(row: dict[str, Any], names: tuple[str, ...]) -> LabelledImage:
         width=row["width"],
         height=row["height"],
         mask=_png(row["mask_png"]),
-        confidence=None if row.get("confidence_png") is None else _png(row["confidence_png"]) / np.float32(255),
+        confidence=_png(row["confidence_png"]) / np.float32(255) if confidence and row["confidence_png"] else None,
         class_ids=ids,
         class_names=[names[i] if i < len(names) else str(i) for i in ids],
         all_class_names=names,
