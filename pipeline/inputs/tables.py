@@ -6,7 +6,12 @@ one unit per row group, so the driver holds one row per row group, never
 per image. Each unit is read with only the columns it needs: the id column
 first, and the image column only if some row of the group is not labelled
 yet. The image column holds bytes, or Hugging Face's Image struct
-`{bytes, path}` (its `bytes`).
+`{bytes, path}`: its bytes, else the file its path names, read like a list's
+entry (`files.fetch_files`: the same storage layer and byte limit), a few
+at a time. A URI or absolute path is read as written; a relative path is
+relative to the table's own folder (`datasets` opens it from the current
+folder, which on a worker means nothing), and climbing out with `..` is an
+`unsafe entry` error row. Such a row's `uri` names the file read.
 
 Ids: the `input.id_column` values (default: the table's `id` column when it
 has one) as text; otherwise `<file name>#<row index in the file>`, which
@@ -28,6 +33,7 @@ decompressed whole, so the group's rows become error rows instead.
 from __future__ import annotations
 
 import json
+import posixpath
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -38,16 +44,27 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
+from sfp_core.uris import protocol_of
+
 from ..errors import StorageUnavailable
-from ..output import DEFAULT_MAX_IMAGE_BYTES, REASON_CORRUPT, REASON_NO_IMAGE, REASON_OVER_BYTE_LIMIT, REASON_UNREADABLE
+from ..output import (
+    DEFAULT_MAX_IMAGE_BYTES,
+    REASON_CORRUPT,
+    REASON_NO_IMAGE,
+    REASON_OVER_BYTE_LIMIT,
+    REASON_UNREADABLE,
+    REASON_UNSAFE,
+    REASON_UNSUPPORTED,
+)
 from ..request import DEFAULT_ID_COLUMN
 from ..retry import Retry
 from ..storage import Location, Redactor
+from .files import fetch_files
 from .ledger import record_unit
 from .pages import chunk_pages
 from .patterns import FilePattern, matching_files, name_blocks, planned_in_a_task
 from .retrying import RetryingFile
-from .samples import KnownIds, SampleBatcher
+from .samples import READ_BATCH_ROWS, KnownIds, SampleBatcher
 
 TABLE_SUFFIXES = (".parquet", ".pq")
 FOOTER_THREADS = 8  # footers read at once while planning: latency-bound on object stores
@@ -179,9 +196,51 @@ class _GroupReader:
                 yield from self.batcher.add(image_id, "", None, None)
             return
         values = [self._field_column(table, source) for source in reading.fields.values()]
-        for index, (data, error) in enumerate(self._images(len(ids))):
-            row_uri = f"{self.uri}#row={unit['first_row'] + index}"
-            yield from self.batcher.add(ids[index], row_uri, data, error, [v[index] for v in values])
+        linked: list[tuple[int, str]] = []  # (row, stored path) of cells naming a file, fetched a block at a time
+        for index, (data, error, path) in enumerate(self._images(len(ids))):
+            if path is not None and ids[index] not in self.batcher.known:
+                linked.append((index, path))
+                if len(linked) == READ_BATCH_ROWS:
+                    yield from self._linked_rows(linked, ids, values)
+                    linked = []
+                continue
+            yield from self.batcher.add(ids[index], self._row_uri(index), data, error, [v[index] for v in values])
+        yield from self._linked_rows(linked, ids, values)
+
+    def _row_uri(self, index: int) -> str:
+        return f"{self.uri}#row={self.unit['first_row'] + index}"
+
+    def _linked_rows(
+        self, linked: list[tuple[int, str]], ids: list[str], values: list[list[str | None]]
+    ) -> Iterator[pa.Table]:
+        """The rows of cells naming a file, those files read together (threads: object stores are slow)."""
+        targets = [self._linked_file(index, path) for index, path in linked]
+        fetched = fetch_files(
+            [wanted for wanted, _ in targets],
+            self.reading.redact,
+            self.reading.retry,
+            self.reading.max_image_bytes,
+            hosts_per_entry=True,  # paths may name other stores: one that does not resolve fails its rows only
+        )
+        for (index, _), (_, uri), (data, error) in zip(linked, targets, fetched, strict=True):
+            yield from self.batcher.add(ids[index], uri, data, error, [v[index] for v in values])
+
+    def _linked_file(self, index: int, stored: str) -> tuple[tuple[Location, str, str | None], str]:
+        """(what `fetch_files` reads, the row's `uri`) for a cell's path, under a list entry's rules: a URI (only
+        the protocols we read) or an absolute path as written, a relative one inside the table's own folder. A
+        refused path reads nothing and the row's `uri` names the table row (never the raw text: user info)."""
+        reading = self.reading
+        if stored.startswith("/") or protocol_of(stored) is not None:
+            try:
+                location = Location.parse(stored, reading.location.options, what="image path")
+            except Exception as exc:  # a protocol we do not read, a chained URL, a URI without a bucket
+                return (reading.location, "", reading.redact(f"{REASON_UNSUPPORTED}: {exc}")), self._row_uri(index)
+            return (location, location.path, None), location.uri
+        if ".." in stored.split("/"):
+            problem = reading.redact(f"{REASON_UNSAFE}: image path {stored!r} is not inside the table's folder")
+            return (reading.location, "", problem), self._row_uri(index)
+        path = posixpath.join(posixpath.dirname(self.unit["path"]), stored)
+        return (reading.location, path, None), reading.location.uri_of(path)
 
     def _read_group(self) -> pa.Table:
         """The group's id and field columns, those of them the file has."""
@@ -197,8 +256,9 @@ class _GroupReader:
 
         return reading.retry.call(f"reading {self.uri}", read)
 
-    def _images(self, rows: int) -> Iterator[tuple[bytes | None, str | None]]:
-        """(bytes, None) or (None, why not) for each of the group's `rows`, a slice of rows in memory at a time."""
+    def _images(self, rows: int) -> Iterator[tuple[bytes | None, str | None, str | None]]:
+        """(bytes, None, None), (None, why not, None) or (None, None, the path of the file holding it) for each of
+        the group's `rows`, a slice of rows in memory at a time."""
         reading, group, column = self.reading, self.unit["row_group"], self.reading.image_column
         fs = reading.location.filesystem()
         given = 0
@@ -208,13 +268,13 @@ class _GroupReader:
                 schema = pq.read_schema(file)
                 if column not in schema.names:
                     detail = f"column {column!r} is not in {self.unit['name']} (it has {', '.join(schema.names)})"
-                    yield from [(None, f"{REASON_NO_IMAGE}: {detail}")] * rows
+                    yield from [(None, f"{REASON_NO_IMAGE}: {detail}", None)] * rows
                     return
                 leaf, dictionary = _image_leaf(schema, column)
                 parquet = pq.ParquetFile(file, read_dictionary=[leaf] if dictionary else None)
                 too_large = self._oversized_page(file, parquet.metadata.row_group(group), leaf)
                 if too_large:
-                    yield from [(None, too_large)] * rows
+                    yield from [(None, too_large, None)] * rows
                     return
                 slices = parquet.iter_batches(batch_size=IMAGE_SLICE_ROWS, row_groups=[group], columns=[column])
                 for batch in slices:
@@ -223,17 +283,20 @@ class _GroupReader:
                         given += 1
                         if length is not None and length > reading.max_image_bytes:
                             limit = reading.max_image_bytes
-                            yield None, f"{REASON_OVER_BYTE_LIMIT}: the image is {length} bytes (limit {limit})"
+                            yield None, f"{REASON_OVER_BYTE_LIMIT}: the image is {length} bytes (limit {limit})", None
+                        elif path := stored_path(value := image.as_py()):
+                            yield None, None, path
                         else:
-                            yield image_bytes(image.as_py(), column)
+                            yield *image_bytes(value, column), None
         except StorageUnavailable:
             raise
         except Exception as exc:  # damaged after the rows before it: those keep their rows, the rest say why
             problem = self.reading.redact(f"{REASON_CORRUPT}: {type(exc).__name__}: {exc}")
-            yield from [(None, problem)] * (rows - given)
+            yield from [(None, problem, None)] * (rows - given)
             return
         if given < rows:  # the file changed since its ids were read
-            yield from [(None, f"{REASON_CORRUPT}: the row group ends after {given} of {rows} rows")] * (rows - given)
+            ended = f"{REASON_CORRUPT}: the row group ends after {given} of {rows} rows"
+            yield from [(None, ended, None)] * (rows - given)
 
     def _oversized_page(self, file: RetryingFile, group: pq.RowGroupMetaData, leaf: str) -> str | None:
         """Why the group's image column cannot be read within the page limit, or None (from page headers only,
@@ -295,6 +358,13 @@ def _byte_lengths(images: pa.Array) -> list[int | None]:
     if _is_binary(images.type):
         return pc.binary_length(images).to_pylist()
     return [None] * len(images)
+
+
+def stored_path(value: Any) -> str | None:
+    """The path of an Image struct that holds no bytes (`datasets` then opens the file it names), else None."""
+    if isinstance(value, dict) and not value.get("bytes") and isinstance(value.get("path"), str):
+        return value["path"] or None
+    return None
 
 
 def image_bytes(value: Any, column: str) -> tuple[bytes | None, str | None]:
