@@ -39,6 +39,7 @@ EXAMPLES = """examples:
   sfp-label eval out/voc21 --gt data/VOCdevkit/VOC2012/SegmentationClass   mIoU / mAcc / aAcc per class
   sfp-label render out/demo out/demo-html --limit 50          overlays, outlier maps and an index.html
   sfp-label export out/demo out/demo-coco.json --format coco  COCO JSON, one RLE annotation per class and image
+  sfp-label export out/demo out/demo-yolo --format yolo --min-area 64   Ultralytics YOLO segmentation polygons
   ray job submit --working-dir . --entrypoint-resources '{"driver": 1}' -- sfp-label run jobs/voc21.yaml \
       --set input.uri=s3://bucket/voc/JPEGImages --set output.uri=s3://bucket/labels/voc21 --no-progress
                                                               on a Ray cluster (pip install -e ".[cluster]")
@@ -52,6 +53,13 @@ def _probability(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"{text} is not a probability in 0..1")
+    return value
+
+
+def _pixels(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a number of pixels")
     return value
 
 
@@ -117,12 +125,17 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true", help="print the summary as JSON")
     show.add_argument("--errors", action="store_true", help="list every error row: image id and reason")
     export = output_command(
-        "export", "write masks as PNGs in the VOC / mmsegmentation folder layout, or as one COCO JSON (RLE)"
+        "export",
+        "write masks as PNGs in the VOC / mmsegmentation folder layout, as one COCO JSON (RLE), or as "
+        "Ultralytics YOLO segmentation polygons",
     )
-    export.add_argument("directory", type=Path, metavar="DEST", help="a folder (voc); a .json file or a folder (coco)")
     export.add_argument(
-        "--format", choices=("voc", "coco"), default="voc",
-        help="voc (default): SegmentationClass/*.png; coco: one annotation per class and image, masks as RLE",
+        "directory", type=Path, metavar="DEST", help="a folder (voc, yolo); a .json file or a folder (coco)"
+    )
+    export.add_argument(
+        "--format", choices=("voc", "coco", "yolo"), default="voc",
+        help="voc (default): SegmentationClass/*.png; coco: one annotation per class and image, masks as RLE; "
+        "yolo: images/ (links to the inputs), labels/*.txt (one polygon per region and class), data.yaml",
     )  # fmt: skip
     export.add_argument(
         "--ignore-below", type=_probability, metavar="P",
@@ -134,6 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     export.add_argument("--ignore-index", type=int, default=255, help="voc: label of ignored pixels (default 255)")
     export.add_argument("--split", default="train", help="name of the id list, ImageSets/Segmentation/SPLIT.txt")
+    export.add_argument(
+        "--min-area", type=_pixels, default=16, metavar="PX",  # = tools.yolo.DEFAULT_MIN_AREA, not imported: cv2
+        help="yolo: leave out regions (8-connected, one class) under PX pixels (default 16)",
+    )  # fmt: skip
     _add_eval_and_render(output_command)
     output_command("upgrade", "move an output written by sfp-label 0.1 into the current layout (labels nothing)")
     compact = output_command(
@@ -245,6 +262,13 @@ def _output(args: argparse.Namespace) -> ExitCode:
         from ..tools.coco import export_coco
 
         report = export_coco(output, args.directory, ignore_below=args.ignore_below, ignore_below_class=thresholds)
+    elif args.format == "yolo":
+        from ..tools.yolo import export_yolo
+
+        report = export_yolo(
+            output, args.directory, min_area=args.min_area, ignore_below=args.ignore_below,
+            ignore_below_class=thresholds,
+        )  # fmt: skip
     else:
         from ..tools.export import export
 

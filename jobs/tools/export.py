@@ -96,10 +96,10 @@ def export(
                 buffer = io.BytesIO()
                 Image.fromarray(mask).save(buffer, format="PNG")
                 png = buffer.getvalue()
-            _write_inside(directory, f"{LABEL_DIR}/{stem}.png", png)
+            write_inside(directory, f"{LABEL_DIR}/{stem}.png", png)
     split_name = f"{SPLIT_DIR}/{split}.txt"
-    _write_inside(directory, split_name, "".join(f"{stem}\n" for stem in sorted(exported)).encode())
-    _write_inside(directory, CLASSES_FILE, "".join(f"{name}\n" for name in names).encode())
+    write_inside(directory, split_name, "".join(f"{stem}\n" for stem in sorted(exported)).encode())
+    write_inside(directory, CLASSES_FILE, "".join(f"{name}\n" for name in names).encode())
     return ExportReport(len(exported), skipped, unsure, directory, directory / split_name, unsafe)
 
 
@@ -116,19 +116,24 @@ def safe_stem(image_id: str) -> str | None:
     return stem
 
 
-def _write_inside(root: Path, relative: str, data: bytes) -> None:
+def write_inside(root: Path, relative: str, data: bytes) -> None:
     """Write `root/relative`, making its folders; refuses a symlink at any step below `root`, where one
     planted in the destination would carry folders or files outside it."""
+    not_a_link(path_inside(root, relative)).write_bytes(data)
+
+
+def path_inside(root: Path, relative: str) -> Path:
+    """`root/relative` with its folders made, none of them a symlink; the last part is the caller's to check."""
     root.mkdir(parents=True, exist_ok=True)
     *folders, name = relative.split("/")
     target = root
     for part in folders:
-        target = _not_a_link(target / part)
+        target = not_a_link(target / part)
         target.mkdir(exist_ok=True)
-    _not_a_link(target / name).write_bytes(data)
+    return target / name
 
 
-def _not_a_link(path: Path) -> Path:
+def not_a_link(path: Path) -> Path:
     if path.is_symlink():
         raise OutputError(f"{path} is a symbolic link; refusing to write through it")
     return path

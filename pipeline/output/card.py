@@ -149,12 +149,12 @@ def render_card(pointer: Pointer, *, ok: int, total: int, runs: int) -> str:
         "",
         "`confidence_png` (runs with `output.confidence: true`) holds each pixel's top class probability x 255. "
         "A pixel whose confidence is below its class's threshold (its mask value's; one default for the others) "
-        "can be ignored: set to 255 in the masks, left out of COCO files.",
+        "can be ignored: set to 255 in the masks, left out of COCO and YOLO files.",
         "",
         "```python",
         "from pipeline import read_labels  # sfp-label's reader",
         'images = read_labels("<this folder>", ignore_below=0.5, ignore_below_class={"<class name>": 0.7})',
-        "# sfp-label export <this folder> DEST --ignore-below 0.5 --ignore-below-class NAME=0.7 [--format coco]",
+        "# sfp-label export <this folder> DEST --ignore-below 0.5 --ignore-below-class NAME=0.7 [--format coco|yolo]",
         "```",
         "",
     ]

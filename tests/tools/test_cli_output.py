@@ -307,10 +307,11 @@ def test_show_errors_says_when_there_are_none(tmp_path):
     [
         ["export", "{out}", "{file}"],
         ["export", "{out}", "{file}", "--format", "coco"],
+        ["export", "{out}", "{file}", "--format", "yolo"],
         ["render", "{out}", "{file}"],
         ["eval", "{out}", "--gt", "{gt}", "--out", "{file}"],
     ],
-    ids=["voc", "coco", "render", "eval"],
+    ids=["voc", "coco", "yolo", "render", "eval"],
 )
 def test_writing_into_an_existing_file_is_refused_in_one_line(output, tmp_path, args):
     (tmp_path / "gt").mkdir()
