@@ -6,10 +6,13 @@ import hashlib
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .templates import NAMED_TEMPLATES, REFERENCE_TEMPLATES, resolve_templates, template_problem
 
 OutlierMethod = Literal["som", "l2", "lof", "none"]
 Precision = Literal["fp32", "fp16", "bf16"]
+TemplateSet = Literal["reference", "single"]
 
 # docs/algorithm.md section 8: per-vocabulary reference settings (ViT-B/16).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -49,6 +52,8 @@ class SFPConfig(BaseModel):
     prob_thd: float = Field(0.0, ge=0.0, le=1.0)
     area_thd: float | None = Field(None, ge=0.0, le=1.0)
     pamr_steps: int = Field(0, ge=0)
+    # text side: the prompt templates each query name is encoded in (sfp_core/templates.py)
+    templates: TemplateSet | tuple[str, ...] = "reference"
     # whole images
     slide_crop: int = Field(224, ge=0)
     slide_stride: int = Field(112, ge=1)
@@ -57,6 +62,25 @@ class SFPConfig(BaseModel):
     # execution
     precision: Precision = "fp32"
     max_windows_per_forward: int = Field(64, ge=1)
+
+    @field_validator("templates", mode="before")
+    @classmethod
+    def _check_templates(cls, value: Any) -> Any:
+        """A named set or a list of templates, each with one `{}`; a clear message instead of a union's two."""
+        if isinstance(value, str):
+            if value not in NAMED_TEMPLATES:
+                raise ValueError(
+                    f"templates is one of {', '.join(NAMED_TEMPLATES)} or a list of templates "
+                    "(a job file may name a file of them)"
+                )
+            return value
+        if not isinstance(value, list | tuple) or not value or not all(isinstance(t, str) for t in value):
+            raise ValueError("templates is a non-empty list of strings, each with one {} for the name")
+        for index, template in enumerate(value):
+            problem = template_problem(template)
+            if problem:
+                raise ValueError(f"template {index}: {problem}")
+        return tuple(value)
 
     @model_validator(mode="after")
     def _check_ranges(self) -> SFPConfig:
@@ -86,6 +110,8 @@ class SFPConfig(BaseModel):
         """Plain JSON-able dict (job files and manifests embed it)."""
         data = self.model_dump()
         data["purify_stream"] = list(self.purify_stream)
+        if not isinstance(self.templates, str):
+            data["templates"] = list(self.templates)
         return data
 
     @classmethod
@@ -99,8 +125,19 @@ class SFPConfig(BaseModel):
         """Short stable hash of the settings that change the output."""
         settings = self.to_dict()
         settings.pop("max_windows_per_forward")  # batching never changes a result
+        # The reference templates are left out, so outputs labelled before templates were a setting keep
+        # their hash; any others count by their text, however they were named.
+        templates = self.prompt_templates()
+        if templates == REFERENCE_TEMPLATES:
+            settings.pop("templates")
+        else:
+            settings["templates"] = list(templates)
         blob = json.dumps(settings, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+    def prompt_templates(self) -> tuple[str, ...]:
+        """The template strings `templates` names, `{}` standing for the query name."""
+        return resolve_templates(self.templates)
 
     def with_block_defaults(self, depth: int) -> SFPConfig:
         """Resolve `detect_block` for a ViT of `depth` blocks and check every index fits."""

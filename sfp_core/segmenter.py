@@ -78,7 +78,7 @@ class SFPSegmenter:
                 self._autocast_dtype = _AUTOCAST_DTYPES[self.config.precision]
             else:
                 warnings.warn(f"precision {self.config.precision} is for CUDA; running fp32 on CPU", stacklevel=2)
-        self._text = TextEmbeddingCache(self.model, backbone.tokenizer, self.device)
+        self._text = TextEmbeddingCache(self.model, backbone.tokenizer, self.device, self.config.prompt_templates())
         self.set_vocabulary(vocabulary)
 
     @classmethod

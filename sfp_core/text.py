@@ -5,20 +5,26 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+from .templates import REFERENCE_TEMPLATES
 
 _NAMES_PER_BATCH = 8
 
 
 @torch.inference_mode()
-def encode_names(model: torch.nn.Module, tokenizer, names: Sequence[str], device: torch.device) -> torch.Tensor:
-    """`len(names) x D` embeddings: each of the 80 ImageNet templates encoded and
-    L2-normalised, averaged per name, and normalised again (fp32)."""
-    templates = OPENAI_IMAGENET_TEMPLATES
+def encode_names(
+    model: torch.nn.Module,
+    tokenizer,
+    names: Sequence[str],
+    device: torch.device,
+    templates: Sequence[str] = REFERENCE_TEMPLATES,
+) -> torch.Tensor:
+    """`len(names) x D` embeddings: each template (the 80 ImageNet ones by default) filled with the
+    name, encoded and L2-normalised, averaged per name, and normalised again (fp32)."""
     rows = []
     for start in range(0, len(names), _NAMES_PER_BATCH):
         chunk = names[start : start + _NAMES_PER_BATCH]
-        tokens = tokenizer([template(name) for name in chunk for template in templates]).to(device)
+        tokens = tokenizer([template.replace("{}", name) for name in chunk for template in templates]).to(device)
         features = _encode_prompts(model, tokens).float()
         features = features / features.norm(dim=-1, keepdim=True)
         features = features.view(len(chunk), len(templates), -1).mean(dim=1)
@@ -52,13 +58,20 @@ def _encode_prompts(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tenso
 class TextEmbeddingCache:
     """Embeddings per query name, so switching vocabularies encodes only new names."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer, device: torch.device):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer,
+        device: torch.device,
+        templates: Sequence[str] = REFERENCE_TEMPLATES,
+    ):
         self._model, self._tokenizer, self._device = model, tokenizer, device
+        self._templates = tuple(templates)
         self._by_name: dict[str, torch.Tensor] = {}
 
     def features(self, names: Sequence[str]) -> torch.Tensor:
         missing = list(dict.fromkeys(n for n in names if n not in self._by_name))
         if missing:
-            encoded = encode_names(self._model, self._tokenizer, missing, self._device)
+            encoded = encode_names(self._model, self._tokenizer, missing, self._device, self._templates)
             self._by_name.update(zip(missing, encoded, strict=True))
         return torch.stack([self._by_name[n] for n in names])

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from pipeline import LabelRequest
 from sfp_core import SFPConfig, Vocabulary, arch_depth
+from sfp_core.templates import NAMED_TEMPLATES, read_templates
 
 from .errors import JobError
 from .loader import load_spec
@@ -94,9 +95,25 @@ def _depth(arch: str, issues: list[tuple[str, str]]) -> int | None:
         return None
 
 
-def _config(spec: JobSpec, depth: int | None, issues: list[tuple[str, str]]) -> SFPConfig | None:
+def _templates_read(sfp: dict[str, Any], issues: list[tuple[str, str]]) -> dict[str, Any] | None:
+    """`sfp` with a `templates` file (found like a vocabulary file) replaced by its templates, so the
+    settings carry them as data: workers never need the file, and the output's identity holds them."""
+    templates = sfp.get("templates")
+    if not isinstance(templates, str) or templates in NAMED_TEMPLATES:
+        return sfp
     try:
-        config = SFPConfig.from_dict(spec.sfp)
+        return {**sfp, "templates": list(read_templates(vocabulary_path(templates)))}
+    except ValueError as exc:
+        issues.append(("sfp.templates", str(exc)))
+        return None
+
+
+def _config(spec: JobSpec, depth: int | None, issues: list[tuple[str, str]]) -> SFPConfig | None:
+    sfp = _templates_read(spec.sfp, issues)
+    if sfp is None:
+        return None
+    try:
+        config = SFPConfig.from_dict(sfp)
     except ValidationError as exc:
         issues += describe_errors(exc, prefix="sfp", root=SFPConfig, also_allowed=("preset",))
         return None

@@ -14,6 +14,8 @@ from typing import Any
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
+from sfp_core.templates import templates_fingerprint
+
 from .rows import output_schema
 
 METADATA_KEY = b"sfp_label"  # the Parquet key-value metadata entry holding an identity as JSON
@@ -37,10 +39,23 @@ class LabelIdentity(BaseModel):
         """Display names (the first name of each class); index = mask value."""
         return [names[0] for names in self.classes]
 
+    @property
+    def templates(self) -> str | list[str]:
+        """The settings' prompt templates: a set's name or the templates themselves (outputs labelled
+        before templates were a setting used the reference ones)."""
+        return self.config.get("templates", "reference")
+
+    def templates_shown(self) -> str:
+        """The templates in a message: their name or count, and their fingerprint."""
+        named = self.templates if isinstance(self.templates, str) else f"a list of {len(self.templates)}"
+        return f"prompt templates {named} ({templates_fingerprint(self.templates)})"
+
     def conflict_with(self, other: LabelIdentity) -> str | None:
         """What differs in a way that changes the masks (the weights' location may move), or None."""
         if self.classes != other.classes:
             return f"vocabulary {other.vocabulary_fingerprint} ({_shown(other.class_names)})"
+        if templates_fingerprint(self.templates) != templates_fingerprint(other.templates):
+            return other.templates_shown()
         if self.config_hash != other.config_hash:
             return f"SFP settings {other.config_hash}"
         if self.arch != other.arch:
@@ -50,7 +65,11 @@ class LabelIdentity(BaseModel):
         return None
 
     def describe(self) -> str:
-        return f"vocabulary {self.vocabulary_fingerprint} ({_shown(self.class_names)}), settings {self.config_hash}"
+        templates = "" if self.templates == "reference" else f", {self.templates_shown()}"
+        return (
+            f"vocabulary {self.vocabulary_fingerprint} ({_shown(self.class_names)}), settings {self.config_hash}"
+            + templates
+        )
 
     def schema_metadata(self) -> dict[bytes, bytes]:
         return {METADATA_KEY: self.model_dump_json().encode()}
