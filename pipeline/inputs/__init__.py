@@ -2,7 +2,8 @@
 
 Two shapes. `files` and `list` plan one row per image (a folder's listing,
 a list's entries): the run drops the ids already labelled, counts what is
-left, then reads. `webdataset` and `parquet` plan one row per unit (a shard,
+left, and the read stage cuts it into read blocks before the stages start
+(`read_blocks`). `webdataset` and `parquet` plan one row per unit (a shard,
 a row group), whose images are only known while reading: the read stage
 skips labelled ids itself and reports each finished unit to a ledger
 (`ledger.py`), which is how the run proves it read every unit whole.
@@ -30,6 +31,9 @@ __all__ = ["UNIT_NAMES", "InputReader", "KnownIds", "Tally", "UnitLedger", "star
 
 # What a unit of each unit-planned format is called where progress is shown.
 UNIT_NAMES = {"webdataset": "shards", "parquet": "row groups"}
+# Ray Data spends a few ms of the driver's time on every block it cuts, however small: a per-image plan is cut
+# into at most this many read blocks (a few seconds), of `READ_BATCH_ROWS` rows or more for a longer list.
+MAX_READ_BLOCKS = 1024
 
 
 @dataclass(frozen=True)
@@ -81,7 +85,7 @@ class InputReader:
         source, location = self.source, self.location()
         cpu = {"batch_format": "pyarrow", "num_cpus": num_cpus}
         if self.per_image_plan:
-            small = plan.repartition(target_num_rows_per_block=READ_BATCH_ROWS)  # many read tasks, not one
+            small = read_blocks(plan)
             if source.format == "files":
                 reading = {
                     "location": location,
@@ -117,3 +121,15 @@ class InputReader:
         return ListReading(
             location, source.id_column, dict(source.fields), options, self.redact, self.retry, source.max_image_bytes
         )
+
+
+def read_blocks(plan: ray.data.Dataset) -> ray.data.Dataset:
+    """A per-image plan cut into read blocks (one read task each) before the stages start, and held in the
+    object store: `READ_BATCH_ROWS` rows a block, more when that would make over `MAX_READ_BLOCKS` blocks.
+
+    Cut inside the running stages instead, the cutting task holds a whole CPU (Ray Data's repartition asks
+    for one) for as long as the stages take to accept its blocks, a few a second: beside a one-CPU actor on
+    a two-CPU node nothing else runs, and no row is read until the whole list is cut.
+    """
+    rows = max(READ_BATCH_ROWS, -(-plan.count() // MAX_READ_BLOCKS))
+    return plan.repartition(target_num_rows_per_block=rows).materialize()
