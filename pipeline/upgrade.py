@@ -111,14 +111,14 @@ def _move_data_file(table: LabelTable, name: str, pointer: Pointer, seen: set[st
     output, retry = table.location, table.retry
     fs = output.filesystem()
     source, target = output.join(name), data_file(output, pointer.data, name)
-    table = retry.call(f"reading {output.uri_of(source)}", lambda: pq.read_table(source, filesystem=fs))
-    ids = table.column("image_id").to_pylist()
+    found = retry.call(f"reading {output.uri_of(source)}", lambda: pq.read_table(source, filesystem=fs))
+    ids = found.column("image_id").to_pylist()
     keep = [image_id not in seen and not seen.add(image_id) for image_id in ids]
-    rows = table.filter(pa.array(keep)).replace_schema_metadata(pointer.identity.schema_metadata())
+    rows = found.filter(pa.array(keep)).replace_schema_metadata(pointer.identity.schema_metadata())
     if rows.num_rows:
         table.write(target, [rows], rows.schema)
     retry.call(f"deleting {output.uri_of(source)}", lambda: fs.delete_file(source))
-    return table.num_rows - rows.num_rows
+    return found.num_rows - rows.num_rows
 
 
 def _move_manifests(output: Location, fs: pafs.FileSystem, retry: Retry) -> list[Manifest]:
