@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import io
 import posixpath
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -74,33 +75,51 @@ def export(
     if unsure.thresholds is not None:
         check_ignore_index(ignore_index, len(names))
     columns = ["image_id", "status", "mask_png"] + (["confidence_png"] if unsure.thresholds is not None else [])
-    exported: dict[str, str] = {}
-    skipped = 0
-    unsafe: list[str] = []
-    for batch in output.batches(columns):
-        for row in batch.to_pylist():
-            if row["status"] != STATUS_OK or row["mask_png"] is None:
-                skipped += 1
-                continue
-            stem = safe_stem(row["image_id"])
-            if stem is None:
-                unsafe.append(row["image_id"])
-                continue
-            if stem in exported:
-                raise OutputError(f"images {exported[stem]!r} and {row['image_id']!r} would both export as {stem}.png")
-            exported[stem] = row["image_id"]
-            png = row["mask_png"]
-            if unsure.thresholds is not None:
-                mask, low = unsure.mask(output.uri, row)
-                mask[low] = ignore_index
-                buffer = io.BytesIO()
-                Image.fromarray(mask).save(buffer, format="PNG")
-                png = buffer.getvalue()
-            write_inside(directory, f"{LABEL_DIR}/{stem}.png", png)
+    selection = ExportedRows(".png")
+    for stem, row in selection.rows(output, columns):
+        png = row["mask_png"]
+        if unsure.thresholds is not None:
+            mask, low = unsure.mask(output.uri, row)
+            mask[low] = ignore_index
+            buffer = io.BytesIO()
+            Image.fromarray(mask).save(buffer, format="PNG")
+            png = buffer.getvalue()
+        write_inside(directory, f"{LABEL_DIR}/{stem}.png", png)
     split_name = f"{SPLIT_DIR}/{split}.txt"
-    write_inside(directory, split_name, "".join(f"{stem}\n" for stem in sorted(exported)).encode())
+    write_inside(directory, split_name, "".join(f"{stem}\n" for stem in sorted(selection.exported)).encode())
     write_inside(directory, CLASSES_FILE, "".join(f"{name}\n" for name in names).encode())
-    return ExportReport(len(exported), skipped, unsure, directory, directory / split_name, unsafe)
+    return ExportReport(
+        len(selection.exported), selection.skipped, unsure, directory, directory / split_name, selection.unsafe
+    )
+
+
+@dataclass
+class ExportedRows:
+    """Which rows an export writes, and what it left out: ok rows with a mask, each under a stem that stays
+    inside the folder (`safe_stem`), no two images under one file name (`suffix` completes the name)."""
+
+    suffix: str
+    exported: dict[str, str] = field(default_factory=dict)  # stem -> image id
+    skipped: int = 0  # error rows
+    unsafe: list[str] = field(default_factory=list)  # ids that would name a file outside the folder
+
+    def rows(self, output: LabelledOutput, columns: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+        for batch in output.batches(columns):
+            for row in batch.to_pylist():
+                if row["status"] != STATUS_OK or row["mask_png"] is None:
+                    self.skipped += 1
+                    continue
+                stem = safe_stem(row["image_id"])
+                if stem is None:
+                    self.unsafe.append(row["image_id"])
+                    continue
+                if stem in self.exported:
+                    raise OutputError(
+                        f"images {self.exported[stem]!r} and {row['image_id']!r} would both export as "
+                        f"{stem}{self.suffix}"
+                    )
+                self.exported[stem] = row["image_id"]
+                yield stem, row
 
 
 def safe_stem(image_id: str) -> str | None:

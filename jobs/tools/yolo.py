@@ -29,12 +29,12 @@ import cv2
 import numpy as np
 import yaml
 
-from pipeline import STATUS_OK, LabelledOutput, OutputError
+from pipeline import LabelledOutput, OutputError
 from pipeline.output.reader import class_thresholds
 from pipeline.storage import is_local_uri, path_of_uri
 
 from .destination import writable_folder
-from .export import not_a_link, path_inside, safe_stem, write_inside
+from .export import ExportedRows, not_a_link, path_inside, write_inside
 from .unsure import UnsurePixels
 
 DEFAULT_MIN_AREA = 16  # pixels: a 4 x 4 speck is noise in a pseudo-label
@@ -85,45 +85,33 @@ def export_yolo(
         raise OutputError(f"{output.uri}: no run manifest names the classes; was it written by sfp-label?")
     unsure = UnsurePixels(names, class_thresholds(names, ignore_below, ignore_below_class))
     columns = ["image_id", "uri", "status", "mask_png"] + (["confidence_png"] if unsure.thresholds is not None else [])
-    exported: dict[str, str] = {}
-    counts = {"polygons": 0, "small": 0, "listed": 0, "skipped": 0}
-    unsafe: list[str] = []
+    selection = ExportedRows("")
+    counts = {"polygons": 0, "small": 0, "listed": 0}
     with contextlib.ExitStack() as stack:
         listed: IO[str] | None = None
-        for batch in output.batches(columns):
-            for row in batch.to_pylist():
-                if row["status"] != STATUS_OK or row["mask_png"] is None:
-                    counts["skipped"] += 1
-                    continue
-                stem = safe_stem(row["image_id"])
-                if stem is None:
-                    unsafe.append(row["image_id"])
-                    continue
-                if stem in exported:
-                    raise OutputError(f"images {exported[stem]!r} and {row['image_id']!r} would both export as {stem}")
-                exported[stem] = row["image_id"]
-                mask, low = unsure.mask(output.uri, row)
-                mask = mask.astype(np.int64)
-                if low is not None:
-                    mask[low] = -1  # in no region
-                polygons, small = class_polygons(mask, min_area)
-                counts["polygons"] += len(polygons)
-                counts["small"] += small
-                write_inside(directory, f"labels/{stem}.txt", label_lines(polygons, mask.shape).encode())
-                source = _local_file(row["uri"])
-                name = f"images/{_image_name(stem, row['image_id'], row['uri'])}"
-                if source is not None:
-                    _link_inside(directory, name, source)
-                    continue
-                if listed is None:
-                    path = not_a_link(path_inside(directory, LISTED_FILE))
-                    listed = stack.enter_context(path.open("w", encoding="utf-8"))
-                listed.write(f"{name}\t{row['uri']}\n")
-                counts["listed"] += 1
+        for stem, row in selection.rows(output, columns):
+            mask, low = unsure.mask(output.uri, row)
+            mask = mask.astype(np.int64)
+            if low is not None:
+                mask[low] = -1  # in no region
+            polygons, small = class_polygons(mask, min_area)
+            counts["polygons"] += len(polygons)
+            counts["small"] += small
+            write_inside(directory, f"labels/{stem}.txt", label_lines(polygons, mask.shape).encode())
+            source = _local_file(row["uri"])
+            name = f"images/{_image_name(stem, row['image_id'], row['uri'])}"
+            if source is not None:
+                _link_inside(directory, name, source)
+                continue
+            if listed is None:
+                path = not_a_link(path_inside(directory, LISTED_FILE))
+                listed = stack.enter_context(path.open("w", encoding="utf-8"))
+            listed.write(f"{name}\t{row['uri']}\n")
+            counts["listed"] += 1
     write_inside(directory, "data.yaml", data_yaml(directory, names, listed=counts["listed"] > 0).encode())
     return YoloReport(
-        len(exported), counts["polygons"], counts["small"], counts["listed"], counts["skipped"], unsure, directory,
-        unsafe,
+        len(selection.exported), counts["polygons"], counts["small"], counts["listed"], selection.skipped, unsure,
+        directory, selection.unsafe,
     )  # fmt: skip
 
 
