@@ -453,16 +453,46 @@ def ensure_ray(verbose: bool = False) -> None:
     """
     if ray.is_initialized():
         return
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.getsignal(signal.SIGTERM) if main_thread else None
     quiet = {"logging_level": logging.INFO if verbose else logging.ERROR, "log_to_driver": verbose}
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(**quiet)
-    else:
-        _loopback_only()
-        ray.init(address="local", include_dashboard=False, **quiet)
-    if main_thread and callable(previous):
-        signal.signal(signal.SIGTERM, previous)
+    with _sigterm_kept_through_init():
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init(**quiet)
+        else:
+            _loopback_only()
+            ray.init(address="local", include_dashboard=False, **quiet)
+
+
+@contextlib.contextmanager
+def _sigterm_kept_through_init() -> Iterator[None]:
+    """Put the caller's SIGTERM handler back after `ray.init`, and deliver to it a SIGTERM that came meanwhile.
+
+    Ray's handler calls `sys.exit(15)`, but where the signal lands while Python runs a fork hook (Ray
+    starts its processes during init) that SystemExit is printed and dropped, and the run went on as
+    if nothing was asked. The interpreter also writes every signal's number to the wakeup fd, whatever
+    handler runs, so a signal seen there is sent again once our handler is back.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    os.set_blocking(write_end, False)
+    earlier_wakeup = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    try:
+        yield
+    finally:
+        signal.set_wakeup_fd(earlier_wakeup)
+        if callable(previous):
+            signal.signal(signal.SIGTERM, previous)
+        try:
+            seen = os.read(read_end, 4096)
+        except BlockingIOError:
+            seen = b""
+        os.close(read_end)
+        os.close(write_end)
+    if signal.SIGTERM in seen and callable(previous):
+        os.kill(os.getpid(), signal.SIGTERM)  # Ray's handler dropped it: ours unwinds like Ctrl-C
 
 
 def _loopback_only() -> None:

@@ -4,6 +4,7 @@ words are tested on node lists, and a local Ray must read as one that never grow
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 
@@ -83,12 +84,17 @@ def _waits(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 
 def test_a_local_ray_never_grows(ray_local):
-    """Its autoscaler runs read-only; until its first status (a second or so) nothing says so."""
+    """Its autoscaler runs read-only; until its first report (seconds after the first status, which holds only
+    load metrics) nothing says so."""
     from ray._private import ray_constants
     from ray.experimental.internal_kv import _internal_kv_get
 
-    deadline = time.monotonic() + 60
-    while not _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS) and time.monotonic() < deadline:
+    def reported() -> bool:
+        status = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
+        return bool(status and json.loads(status).get("autoscaler_report"))
+
+    deadline = time.monotonic() + 120
+    while not reported() and time.monotonic() < deadline:
         time.sleep(0.5)
     capacity = cluster_capacity()
     assert capacity is not None and not capacity.may_grow

@@ -103,3 +103,48 @@ def test_sigterm_at_any_moment_exits_143_with_one_line(tmp_path):
         if process.returncode == ExitCode.TERMINATED:
             assert "terminated" in err and "Traceback" not in err, (delay, err[-3000:])
         print(f"SIGTERM {delay:.1f}s after start: exit {process.returncode} {took:.1f}s after the signal")
+
+
+def test_a_sigterm_that_rays_handler_drops_during_init_still_reaches_ours():
+    """Ray's handler exits by raising SystemExit, which Python prints and drops when the signal lands in a
+    fork hook; the run must still stop. A stand-in for `ray.init` puts in such a handler and is signalled."""
+    from pipeline.labelling import _sigterm_kept_through_init
+
+    class Stopped(Exception):
+        pass
+
+    def ours(signum, frame):
+        raise Stopped()
+
+    def dropping(signum, frame):
+        pass  # what Ray's sys.exit(15) amounts to when it is raised inside a fork hook
+
+    earlier = signal.signal(signal.SIGTERM, ours)
+    try:
+        try:
+            with _sigterm_kept_through_init():
+                signal.signal(signal.SIGTERM, dropping)
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.1)
+            for _ in range(100):  # the handler runs at the next bytecode boundary
+                time.sleep(0.01)
+        except Stopped:
+            assert signal.getsignal(signal.SIGTERM) is ours
+        else:
+            raise AssertionError("the SIGTERM received during init was lost")
+    finally:
+        signal.signal(signal.SIGTERM, earlier)
+
+
+def test_no_sigterm_during_init_sends_none():
+    from pipeline.labelling import _sigterm_kept_through_init
+
+    calls = []
+    earlier = signal.signal(signal.SIGTERM, lambda signum, frame: calls.append(signum))
+    try:
+        with _sigterm_kept_through_init():
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        time.sleep(0.1)
+        assert calls == [] and signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, earlier)
