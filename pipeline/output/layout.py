@@ -37,6 +37,7 @@ COUNTS_FILE = f"{META_DIR}/counts.json"  # rows and ok rows per data file of the
 CARD_FILE = "README.md"
 DATA_FOLDER_PREFIX = "data-"
 DATA_SUFFIX = ".parquet"
+STAGED_SUFFIX = ".arrow"  # a staged part: Arrow IPC (output.parts)
 MANIFEST_SUFFIX = ".json"
 _HIDDEN_PREFIXES = ("_", ".")
 _DATA_FOLDER = re.compile(r"^data-[0-9A-Za-z-]+$")

@@ -57,7 +57,7 @@ def test_a_staging_task_run_twice_writes_the_same_parts(tmp_path):
     first = PartRecord.rows_of(stage_parts(rows([f"{i}.jpg" for i in range(7)]), writing=how))
     again = PartRecord.rows_of(stage_parts(rows([f"{i}.jpg" for i in range(7)]), writing=how))
     assert first == again and [p.rows for p in first] == [3, 3, 1]  # at most rows_per_file rows a part
-    assert len(list((tmp_path / "out" / "_sfp" / "staging" / "r1").glob("*.parquet"))) == 3
+    assert len(list((tmp_path / "out" / "_sfp" / "staging" / "r1").glob("*.arrow"))) == 3
 
 
 def test_a_merge_run_twice_reports_the_file_it_wrote(tmp_path):
@@ -73,6 +73,16 @@ def test_a_merge_run_twice_reports_the_file_it_wrote(tmp_path):
     table = pq.read_table(tmp_path / "out" / first.file)
     assert table.column("image_id").to_pylist() == [f"{i}.jpg" for i in range(5)]
     assert table.schema.metadata == SCHEMA.metadata  # the output's identity travels in every footer
+
+
+def test_a_merge_whose_parts_vanished_before_any_file_was_written_fails(tmp_path):
+    """No data file and a part gone: an error naming the file, never a data file missing rows."""
+    how = writing(tmp_path)
+    parts = PartRecord.rows_of(stage_parts(rows([f"{i}.jpg" for i in range(5)]), writing=how))
+    (tmp_path / "out" / parts[1].file).unlink()
+    with pytest.raises(FileNotFoundError, match="vanished before they were merged into .*part-r1-000000"):
+        merge_parts(how, [p.file for p in parts], "data-r1", "part-r1-000000.parquet")
+    assert not list((tmp_path / "out" / "data-r1").glob("*"))  # not even a partial file
 
 
 def test_the_committer_merges_full_groups_and_what_waited_commit_every_s(ray_local, tmp_path):
@@ -96,7 +106,7 @@ def test_the_committer_merges_full_groups_and_what_waited_commit_every_s(ray_loc
     files = sorted((tmp_path / "out" / "data-r1").glob("*.parquet"))
     ids = [i for path in files for i in pq.read_table(path).column("image_id").to_pylist()]
     assert sorted(ids) == sorted(f"{i}{s}.jpg" for i in range(3) for s in ("", "b"))
-    left = list((tmp_path / "out" / "_sfp" / "staging" / "r1").glob("*.parquet"))
+    left = list((tmp_path / "out" / "_sfp" / "staging" / "r1").glob("*.arrow"))
     assert [p.name for p in left] == [PartRecord.rows_of(orphan)[0].file.rsplit("/", 1)[1]]
 
 
