@@ -80,7 +80,7 @@ def test_a_merge_whose_parts_vanished_before_any_file_was_written_fails(tmp_path
     how = writing(tmp_path)
     parts = PartRecord.rows_of(stage_parts(rows([f"{i}.jpg" for i in range(5)]), writing=how))
     (tmp_path / "out" / parts[1].file).unlink()
-    with pytest.raises(FileNotFoundError, match="vanished before they were merged into .*part-r1-000000"):
+    with pytest.raises(FileNotFoundError, match=r"vanished before they were merged into .*part-r1-000000"):
         merge_parts(how, [p.file for p in parts], "data-r1", "part-r1-000000.parquet")
     assert not list((tmp_path / "out" / "data-r1").glob("*"))  # not even a partial file
 
