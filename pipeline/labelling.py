@@ -330,7 +330,9 @@ def _write_rows(
     asked = None
     try:
         with FlushTimer(writer):
-            for batch in records.iter_batches(batch_size=None, batch_format="pyarrow"):
+            # No prefetching: with Ray's default of one, a record is handed over only once the next exists, so
+            # a finished batch waited a whole batch more for the bar and for the commit on Ctrl-C.
+            for batch in records.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
                 if ledger is not None:
                     asked = _units_read(ledger, asked, counter)
                 counter.add(*writer.add(batch))
@@ -384,8 +386,8 @@ def _commit(
 def _stages(
     todo: ray.data.Dataset, run: _Run, known: KnownIds, ledger: ray.actor.ActorHandle | None
 ) -> ray.data.Dataset:
-    """read bytes -> decode and resize (CPU tasks) -> SFP (actor pool) -> PNG encode and staged Parquet parts
-    (CPU tasks): a record per staged part reaches the driver."""
+    """read bytes -> decode and resize (CPU tasks) -> blocks of one batch -> SFP (actor pool) -> PNG encode and
+    staged Parquet parts (CPU tasks): a record per staged part, so per actor batch, reaches the driver."""
     settings = StageSettings.derive(run.request, run.run_id, ray.cluster_resources().get("CPU", 1))
     with warnings.catch_warnings():
         # `max_task_retries` has no named parameter yet, and Ray's default (retry forever) would loop on a
@@ -399,6 +401,9 @@ def _stage_chain(read: ray.data.Dataset, run: _Run, settings: StageSettings) -> 
     resources = run.request.resources
     return (
         read.map_batches(decode_batch, batch_size=DECODE_BATCH, fn_kwargs={"settings": settings.decode}, **cpu)
+        # A block per actor batch: a map task hands on its rows only when it ends, so a block of several
+        # batches held the finished ones from the bar and from Ctrl-C's commit until the last was done.
+        .repartition(target_num_rows_per_block=resources.batch_size)
         .map_batches(
             SFPPredictor,
             batch_size=resources.batch_size,
