@@ -302,7 +302,14 @@ def _label_units(run: _Run, writer: PartCommitter, units: ray.data.Dataset) -> t
     known = KnownIds(_existing_ids(run) if run.request.incremental else None)
     ledger = start_ledger()
     try:
-        _write_rows(run, writer, _stages(units, run, known, ledger), counter, ledger)
+        todo = units
+        if run.request.incremental:  # units with nothing new are read now, so a no-op run starts no actor
+            todo = run.input.unlabelled_units(units, known, ledger, CPU_TASK_CPUS).materialize()
+            probed: Tally = ray.get(ledger.tally.remote())
+            counter.read_units(probed.units_done, probed.skipped)
+            counter.report()
+        if todo.count():
+            _write_rows(run, writer, _stages(todo, run, known, ledger), counter, ledger)
         tally: Tally = ray.get(ledger.tally.remote())
     finally:
         ray.kill(ledger)

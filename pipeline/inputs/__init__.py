@@ -25,6 +25,7 @@ from .patterns import FilePattern
 from .samples import READ_BATCH_ROWS, KnownIds
 from .shards import ShardReading, plan_shards, read_shards
 from .tables import TableReading, plan_row_groups, read_row_groups
+from .unlabelled import unlabelled_row_groups, unlabelled_shards
 from .uris import ListReading, plan_list, read_listed
 
 __all__ = ["UNIT_NAMES", "InputReader", "KnownIds", "Tally", "UnitLedger", "start_ledger"]
@@ -97,13 +98,27 @@ class InputReader:
             reading = {"reading": self._list_reading(location)}
             return small.map_batches(read_listed, batch_size=READ_BATCH_ROWS, fn_kwargs=reading, **cpu)
         units = plan.repartition(target_num_rows_per_block=1)  # one shard or row group per task
+        kwargs = {"reading": self._unit_reading(location), "known": known, "ledger": ledger}
+        read = read_shards if source.format == "webdataset" else read_row_groups
+        return units.map_batches(read, batch_size=1, fn_kwargs=kwargs, **cpu)
+
+    def unlabelled_units(
+        self, plan: ray.data.Dataset, known: KnownIds, ledger: ray.actor.ActorHandle, num_cpus: float
+    ) -> ray.data.Dataset:
+        """A unit plan without the shards or row groups whose every sample is `known` (those are reported to
+        the ledger as read), so that a run with nothing new starts no actor (`unlabelled.py`)."""
+        units = plan.repartition(target_num_rows_per_block=1)
+        kwargs = {"reading": self._unit_reading(self.location()), "known": known, "ledger": ledger}
+        probe = unlabelled_shards if self.source.format == "webdataset" else unlabelled_row_groups
+        return units.map_batches(probe, batch_size=1, batch_format="pyarrow", num_cpus=num_cpus, fn_kwargs=kwargs)
+
+    def _unit_reading(self, location: Location) -> ShardReading | TableReading:
+        source = self.source
         if source.format == "webdataset":
-            shard_reading = ShardReading(
+            return ShardReading(
                 location, tuple(source.extensions), dict(source.fields), self.redact, self.retry, source.max_image_bytes
             )
-            kwargs = {"reading": shard_reading, "known": known, "ledger": ledger}
-            return units.map_batches(read_shards, batch_size=1, fn_kwargs=kwargs, **cpu)
-        table_reading = TableReading(
+        return TableReading(
             location,
             source.image_column,
             source.id_column,
@@ -112,8 +127,6 @@ class InputReader:
             self.retry,
             source.max_image_bytes,
         )
-        kwargs = {"reading": table_reading, "known": known, "ledger": ledger}
-        return units.map_batches(read_row_groups, batch_size=1, fn_kwargs=kwargs, **cpu)
 
     def _list_reading(self, location: Location) -> ListReading:
         source = self.source

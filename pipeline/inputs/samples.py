@@ -46,6 +46,7 @@ class SampleBatcher:
 
     fields: tuple[str, ...]
     known: KnownIds
+    block_rows: int = READ_BATCH_ROWS  # 1 for a probe, which stops at the first sample to label
     samples: int = 0  # every sample seen, skipped ones included
     emitted: int = 0
     _rows: list[tuple] = field(default_factory=list)
@@ -61,7 +62,7 @@ class SampleBatcher:
         self.emitted += 1
         self._rows.append((image_id, uri, data, error, *(values or (None,) * len(self.fields))))
         self._bytes += len(data or b"")
-        if len(self._rows) >= READ_BATCH_ROWS or self._bytes >= READ_BATCH_BYTES:
+        if len(self._rows) >= self.block_rows or self._bytes >= READ_BATCH_BYTES:
             yield self.flush()
 
     def finish(self) -> Iterator[pa.Table]:

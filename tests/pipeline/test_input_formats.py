@@ -210,6 +210,36 @@ def test_parquet_tables_written_by_pyarrow_and_by_datasets(loose, tmp_path):
     assert (again.ok + again.error, again.skipped) == (1, 9)  # c's missing file is transient: tried again
 
 
+def test_a_run_with_nothing_new_in_its_shards_or_tables_starts_no_model(loose, tmp_path, monkeypatch):
+    """Units whose every sample is labelled are read before the stages start, so an incremental run with
+    nothing new never builds the actor pool (before: it started the model, minutes on a CPU, only to skip
+    every sample); a unit with one new sample still gets labelled, and the counts stay whole."""
+    import pipeline.labelling
+
+    _, images, _ = loose
+    stage_chains = []
+    real = pipeline.labelling._stages
+    monkeypatch.setattr(pipeline.labelling, "_stages", lambda *a, **k: stage_chains.append(1) or real(*a, **k))
+    shards, tables = tmp_path / "shards", tmp_path / "tables"
+    shards.mkdir(), tables.mkdir()
+    for index, name in enumerate(NAMES[:3]):
+        with tarfile.open(shards / f"{index:05d}.tar", "w") as tar:
+            add(tar, f"s{index}.{name.rsplit('.', 1)[1]}", images[name])
+    pq.write_table(pa.table({"image": [images[n] for n in NAMES[:4]]}), tables / "t.parquet", row_group_size=2)
+    for uri, fmt, samples in ((str(shards), "webdataset", 3), (str(tables), "parquet", 4)):
+        output = str(tmp_path / f"out-{fmt}")
+        first = run_label(uri, output, format=fmt, mode="incremental", **RUN)
+        assert (first.ok, first.skipped, len(stage_chains)) == (samples, 0, 1)
+        again = run_label(uri, output, format=fmt, mode="incremental", **RUN)
+        assert (again.ok + again.error, again.skipped, again.total) == (0, samples, samples)
+        assert len(stage_chains) == 1, f"{fmt}: a run with nothing to label built the stages"
+        stage_chains.clear()
+    with tarfile.open(shards / "00003.tar", "w") as tar:
+        add(tar, "new.jpg", images[NAMES[0]])
+    grown = run_label(str(shards), str(tmp_path / "out-webdataset"), format="webdataset", mode="incremental", **RUN)
+    assert (grown.ok, grown.skipped, grown.total, len(stage_chains)) == (1, 3, 4, 1)
+
+
 def test_parquet_image_paths_are_read_like_list_entries(loose, tmp_path):
     """`datasets` stores an Image column cast from paths as `{bytes: None, path}`: each file is read through the
     storage layer (absolute, or relative to the table's folder); a missing file, a path leaving the folder and
