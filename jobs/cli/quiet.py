@@ -42,34 +42,49 @@ _DECIDED_AFTER = 64  # bytes of a line after which the pattern has matched or no
 
 
 class _LineFilter:
-    """Copies bytes to `out` as they come (a progress bar redraws with `\r`, without a newline), except
-    whole lines that start like a Ray core log line."""
+    """Copies bytes to `out` as they come (a progress bar redraws with `\r`, without a newline), except Ray
+    core log lines, up to and with their newline. Such a line may start anywhere: Ray writes it where the
+    cursor is, often right after a bar drawn without a newline. Bytes that may still become one (from a
+    `[` on) are held until it is decided, at most `_DECIDED_AFTER` bytes or the end of their line."""
 
     def __init__(self, out: int):
         self.out = out
-        self.head = b""  # the start of the current line while it may still be a Ray line
-        self.mode: str | None = None  # "pass" or "drop" once the current line is decided
+        self.held = b""  # undecided bytes: from a `[` that may start a Ray line
+        self.dropping = False  # inside a Ray line until its newline
 
     def feed(self, data: bytes) -> None:
-        while data:
-            line, newline, data = data.partition(b"\n")
-            self._part(line + newline, ended=bool(newline))
+        self.held += data
+        passed = bytearray()
+        while self.held:
+            if self.dropping:
+                end = self.held.find(b"\n")
+                self.held = b"" if end < 0 else self.held[end + 1 :]
+                self.dropping = end < 0
+                continue
+            start = self.held.find(b"[")
+            if start < 0:
+                passed += self.held
+                self.held = b""
+                break
+            passed += self.held[:start]
+            self.held = self.held[start:]
+            if _RAY_CORE_LINE.match(self.held):
+                self.dropping = True
+            elif self._undecided():
+                break
+            else:
+                passed += self.held[:1]
+                self.held = self.held[1:]
+        if passed:
+            os.write(self.out, bytes(passed))
 
-    def _part(self, part: bytes, ended: bool) -> None:
-        if self.mode is None:
-            self.head += part
-            if not ended and len(self.head) < _DECIDED_AFTER and _may_become_ray_line(self.head):
-                return
-            self.mode = "drop" if _RAY_CORE_LINE.match(self.head) else "pass"
-            part, self.head = self.head, b""
-        if self.mode == "pass":
-            os.write(self.out, part)
-        if ended:
-            self.mode = None
+    def _undecided(self) -> bool:
+        line = self.held.split(b"\n", 1)
+        return len(line) == 1 and len(self.held) < _DECIDED_AFTER and _may_become_ray_line(self.held)
 
     def close(self) -> None:
-        if self.head and not _RAY_CORE_LINE.match(self.head):
-            os.write(self.out, self.head)
+        if self.held and not self.dropping and not _RAY_CORE_LINE.match(self.held):
+            os.write(self.out, self.held)
 
 
 def _may_become_ray_line(head: bytes) -> bool:

@@ -54,6 +54,16 @@ def test_ray_core_lines_are_dropped_however_they_arrive(cut):
     assert everything == b"before\nafter\n"
 
 
+@pytest.mark.parametrize("cut", [0, 3, 40, len(RAY_LINE) - 1])
+def test_a_ray_line_written_right_after_a_bar_is_dropped_and_the_bar_kept(cut):
+    """Ray writes where the cursor is: after a bar drawn without a newline, its line starts mid-line."""
+    bar = b"\r  3/10 images [###   ]"
+    text = bar + RAY_LINE + b"\r  4/10 images [####  ]"
+    everything, seen = filtered([text[: len(bar) + cut], text[len(bar) + cut :]])
+    assert everything == bar + b"\r  4/10 images [####  ]"
+    assert seen[0].startswith(b"\r  3/10 images ")  # the bar is not held back behind the Ray line
+
+
 def test_a_progress_bar_passes_at_once_and_other_lines_whole():
     everything, seen = filtered([b"\r  3/10 images", b"\r  4/10 images", b"\n[note] not a Ray line\n"])
     assert seen[0] == b"\r  3/10 images" and seen[1] == b"\r  4/10 images"  # not held for a newline
