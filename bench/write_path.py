@@ -48,7 +48,7 @@ from pipeline import SCHEMA
 from pipeline.lease import OutputLease
 from pipeline.output import PartWriting, stage_parts
 from pipeline.retry import Retry
-from pipeline.sink import PartCommitter, WriterSettings
+from pipeline.sink import PartCommitter, WriterSettings, WrittenFile
 from pipeline.storage import Location
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,7 +114,9 @@ def _stage_and_move(fs, output: Location, table: pa.Table, number: int) -> None:
     fs.move(staged, final)
 
 
-def write_by_workers(output: Location, direct: Location, rows: pa.Table, writers: int, stage_rows: int | None) -> int:
+def write_by_workers(
+    output: Location, direct: Location, rows: pa.Table, writers: int, stage_rows: int | None
+) -> list[WrittenFile]:
     """Today's path: blocks staged by Ray tasks, groups merged by Ray tasks; the driver sees records and
     checks the lease (through `output`; the workers reach the store `direct`ly)."""
     writing = PartWriting(direct, secrets.token_hex(4), SCHEMA, Retry(), ROWS_PER_FILE)
@@ -128,7 +130,7 @@ def write_by_workers(output: Location, direct: Location, rows: pa.Table, writers
         for batch in records.iter_batches(batch_size=None, batch_format="pyarrow"):
             committer.add(batch)
         committer.flush()
-    return committer.rows
+    return committer.written
 
 
 class CountingProxy:
@@ -176,12 +178,17 @@ def write_with(
 def measure(name: str, fn: Callable[[], object], rows: pa.Table, proxy: CountingProxy) -> dict:
     cpu0, w0 = driver_cpu(), proxy.sent
     started = time.perf_counter()
-    fn()
+    written = fn()
     seconds = time.perf_counter() - started
     cpu1, w1 = driver_cpu(), proxy.sent
     data = rows.nbytes
     per_k = 1000 / rows.num_rows
+    files = {}
+    if isinstance(written, list):  # the data files the workers' path committed: how many, how even
+        sizes = sorted(f.rows for f in written)
+        files = {"files": len(sizes), "file_rows_min": sizes[0], "file_rows_max": sizes[-1]}
     return {
+        **files,
         "mode": name,
         "rows": rows.num_rows,
         "seconds": round(seconds, 2),
@@ -242,6 +249,10 @@ def main() -> None:
             f"| {r['row_size']} | {r['mode']} | {r['rows_per_s']} | {r['vs_driver']} | {r['driver_cpu_s_per_1000']} "
             f"| {r['driver_bytes_per_1000']:,} | {r['driver_bytes_share']:.2%} |"
         )
+    for r in results:
+        if "files" in r:
+            spread = f"{r['file_rows_min']}-{r['file_rows_max']}"
+            print(f"{r['row_size']} {r['mode']}: {r['files']} data files of {spread} rows")
 
 
 if __name__ == "__main__":
