@@ -14,6 +14,9 @@ OutlierMethod = Literal["som", "l2", "lof", "none"]
 Precision = Literal["fp32", "fp16", "bf16"]
 TemplateSet = Literal["reference", "single"]
 
+# Test-time augmentation: the short-side factors a view may have (docs/algorithm.md section 7, item 4).
+MIN_SCALE, MAX_SCALE = 0.25, 4.0
+
 # docs/algorithm.md section 8: per-vocabulary reference settings (ViT-B/16).
 PRESETS: dict[str, dict[str, Any]] = {
     "voc21": {"short_side": 336, "logit_scale": 50.0, "prob_thd": 0.15, "area_thd": 0.1},
@@ -52,6 +55,9 @@ class SFPConfig(BaseModel):
     prob_thd: float = Field(0.0, ge=0.0, le=1.0)
     area_thd: float | None = Field(None, ge=0.0, le=1.0)
     pamr_steps: int = Field(0, ge=0)
+    # test-time augmentation: views averaged before post-processing (docs/algorithm.md section 7, item 4)
+    flip: bool = False
+    scales: tuple[float, ...] = (1.0,)
     # text side: the prompt templates each query name is encoded in (sfp_core/templates.py)
     templates: TemplateSet | tuple[str, ...] = "reference"
     # whole images
@@ -82,6 +88,30 @@ class SFPConfig(BaseModel):
                 raise ValueError(f"template {index}: {problem}")
         return tuple(value)
 
+    @field_validator("scales", mode="before")
+    @classmethod
+    def _check_scales(cls, value: Any) -> Any:
+        """Short-side factors of the working size, sorted so that one set of views has one hash; 1.0 must be
+        there, the identity view whose outliers are the image's statistics."""
+        numbers = isinstance(value, list | tuple) and all(
+            isinstance(s, int | float) and not isinstance(s, bool) for s in value
+        )
+        if not numbers or not value:
+            raise ValueError(
+                "scales is a non-empty list of short-side factors of the working size, e.g. [0.75, 1.0, 1.25]"
+            )
+        scales = sorted(float(s) for s in value)
+        outside = [s for s in scales if not MIN_SCALE <= s <= MAX_SCALE]
+        if outside:
+            raise ValueError(f"scales must lie in {MIN_SCALE}..{MAX_SCALE}, got {outside[0]}")
+        if len(set(scales)) != len(scales):
+            raise ValueError(f"scales must not repeat a factor, got {list(value)}")
+        if 1.0 not in scales:
+            raise ValueError(
+                f"scales must include 1.0 (the identity view, which gives the outlier statistics), got {list(value)}"
+            )
+        return tuple(scales)
+
     @model_validator(mode="after")
     def _check_ranges(self) -> SFPConfig:
         if self.fuse_start > self.fuse_end:
@@ -110,6 +140,7 @@ class SFPConfig(BaseModel):
         """Plain JSON-able dict (job files and manifests embed it)."""
         data = self.model_dump()
         data["purify_stream"] = list(self.purify_stream)
+        data["scales"] = list(self.scales)
         if not isinstance(self.templates, str):
             data["templates"] = list(self.templates)
         return data
@@ -132,8 +163,20 @@ class SFPConfig(BaseModel):
             settings.pop("templates")
         else:
             settings["templates"] = list(templates)
+        # Test-time augmentation off (one unflipped view at scale 1) is left out for the same reason.
+        if not self.flip:
+            settings.pop("flip")
+        if self.scales == (1.0,):
+            settings.pop("scales")
         blob = json.dumps(settings, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+    def views(self) -> tuple[tuple[float, bool], ...]:
+        """`(scale, flipped)` of every view test-time augmentation averages, the identity `(1.0, False)`
+        among them; a scale's unflipped and flipped views are next to each other."""
+        return tuple(
+            (scale, flipped) for scale in self.scales for flipped in ((False, True) if self.flip else (False,))
+        )
 
     def prompt_templates(self) -> tuple[str, ...]:
         """The template strings `templates` names, `{}` standing for the query name."""

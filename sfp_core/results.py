@@ -50,3 +50,5 @@ class SegmentResult:
     stats: ImageStats
     working_size: tuple[int, int]
     probs: np.ndarray | None = field(default=None)  # C x H x W float32 when asked for
+    # Q x H x W float32 when asked for: the query names' logits post-processing starts from (before PAMR)
+    logits: np.ndarray | None = field(default=None)

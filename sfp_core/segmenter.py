@@ -21,11 +21,11 @@ from .pamr import pamr
 from .postprocess import Thresholds, label_map
 from .purifier import sfp_forward
 from .results import ImageStats, Outlier, SegmentResult
-from .stitch import DenseLogits, LogitGrid, StitchedLogits
+from .stitch import DenseLogits, LogitGrid, MeanLogits, StitchedLogits
 from .text import TextEmbeddingCache
 from .vit import ViTRunner
 from .vocabulary import Vocabulary
-from .windows import ImagePreparation, WindowLayout, normalise
+from .windows import ImagePreparation, WindowLayout, normalise, resize_pixels, view_size
 
 _AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -36,7 +36,19 @@ CPU_FORWARD_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
+class _View:
+    """One image as the ViT sees it: the working image itself, or a rescaled and/or mirrored copy
+    (test-time augmentation, docs/algorithm.md section 7, item 4)."""
+
+    image: int
+    flipped: bool
+    identity: bool  # scale 1, not flipped: the view whose outliers are the image's statistics
+    pixels: torch.Tensor  # 3 x h x w, normalised
+
+
+@dataclass(frozen=True)
 class _Window:
+    view: int
     image: int
     index: int  # position in the image's sliding-window order
     row: int  # row and column of windows the window sits in (WindowLayout)
@@ -134,16 +146,19 @@ class SFPSegmenter:
         *,
         original_sizes: Sequence[tuple[int, int]] | None = None,
         return_probs: bool = False,
+        return_logits: bool = False,
     ) -> list[SegmentResult]:
         """Segment `H x W x 3` uint8 RGB images of any sizes.
 
         With `original_sizes`, the images are taken as already `prepare`d (each
         must have the working size this segmenter's preparation gives its
-        original size) and the masks come out at the original sizes.
+        original size) and the masks come out at the original sizes. With
+        `return_logits`, each result holds the query names' logits that
+        post-processing starts from (the mean over the views).
         """
         if original_sizes is not None and len(original_sizes) != len(images):
             raise ValueError(f"{len(original_sizes)} original_sizes for {len(images)} images")
-        pixels, sizes = [], []
+        workings, sizes = [], []
         for i, image in enumerate(images):
             _check_image(image, f"image {i}")
             if original_sizes is None:
@@ -151,39 +166,58 @@ class SFPSegmenter:
             else:
                 working, size = image, self._check_prepared(image, tuple(original_sizes[i]), i)
             sizes.append(size)
-            pixels.append(normalise(torch.from_numpy(_owned(working)).to(self.device)))
-        if not pixels:
+            workings.append(torch.from_numpy(_owned(working)).to(self.device))
+        if not workings:
             return []
-        return self._segment_windows(pixels, sizes, return_probs)
+        return self._segment_windows(self._views(workings), sizes, return_probs, return_logits)
+
+    def _views(self, workings: list[torch.Tensor]) -> list[_View]:
+        """Every view of every working image (`H x W x 3` uint8): one per scale and, with `flip`, its
+        mirror; a view is resized from the working image, so prepared pixels are all it needs."""
+        views = []
+        for image, working in enumerate(workings):
+            for scale, flipped in self.config.views():
+                size = view_size(working.shape[0], working.shape[1], scale, self.runner.patch)
+                pixels = resize_pixels(working, size)
+                if flipped:
+                    pixels = pixels.flip(1)
+                views.append(_View(image, flipped, scale == 1.0 and not flipped, normalise(pixels)))
+        return views
 
     def _segment_windows(
-        self, pixels: list[torch.Tensor], sizes: list[tuple[int, int]], return_probs: bool
+        self, views: list[_View], sizes: list[tuple[int, int]], return_probs: bool, return_logits: bool
     ) -> list[SegmentResult]:
-        """Forward the windows of all images in shape-grouped chunks; an image is finished (post-processed,
-        its logits freed) as soon as its last window is done, so memory holds the images of one chunk,
-        not the whole batch."""
+        """Forward the windows of all views of all images in shape-grouped chunks; an image is finished
+        (its views averaged and post-processed, its logits freed) as soon as its last window is done, so
+        memory holds the images of one chunk, not the whole batch."""
         crop, stride = self.config.slide_crop, self.config.slide_stride
-        layouts = [WindowLayout.of(p.shape[1], p.shape[2], crop, stride) for p in pixels]
-        windows = self._windows(layouts)
+        layouts = [WindowLayout.of(v.pixels.shape[1], v.pixels.shape[2], crop, stride) for v in views]
+        windows = self._windows(views, layouts)
         pending = Counter(w.image for w in windows)
+        views_of: dict[int, list[int]] = defaultdict(list)
+        for index, view in enumerate(views):
+            views_of[view.image].append(index)
+        identity = {view.image: view.pixels for view in views if view.identity}
         grids: dict[int, LogitGrid] = {}
         found: dict[int, _Found] = defaultdict(_Found)
-        results: list[SegmentResult | None] = [None] * len(pixels)
+        results: list[SegmentResult | None] = [None] * len(sizes)
+        names = len(self.text_features)
         for chunk in self._chunks(windows):
-            batch = torch.stack([pixels[w.image][:, w.y1 : w.y2, w.x1 : w.x2] for w in chunk])
+            batch = torch.stack([views[w.view].pixels[:, w.y1 : w.y2, w.x1 : w.x2] for w in chunk])
             with self._autocast():
                 out = sfp_forward(self.runner, batch, self.text_features, self.config)
-            self._record_outliers(chunk, out.outliers, out.scores, out.grid, pixels, sizes, found)
+            counted = [j for j, w in enumerate(chunk) if views[w.view].identity]
+            self._record_outliers(chunk, counted, out.outliers, out.scores, out.grid, identity, sizes, found)
             for j, w in enumerate(chunk):
-                if w.image not in grids:
-                    names = len(self.text_features)
-                    grids[w.image] = LogitGrid(layouts[w.image], self.runner.patch, names, sizes[w.image], self.device)
-                grids[w.image].place(w.row, w.col, out.logits[j])
+                if w.view not in grids:
+                    grids[w.view] = LogitGrid(layouts[w.view], self.runner.patch, names, sizes[w.image], self.device)
+                grids[w.view].place(w.row, w.col, out.logits[j])
                 pending[w.image] -= 1
                 if not pending[w.image]:
-                    logits = grids.pop(w.image).stitched()
+                    stitched = [self._stitched(grids.pop(v), views[v].flipped) for v in views_of[w.image]]
+                    logits = stitched[0] if len(stitched) == 1 else MeanLogits(tuple(stitched))
                     image_found = found.pop(w.image)
-                    results[w.image] = self._finish(logits, pixels[w.image], image_found, return_probs)
+                    results[w.image] = self._finish(logits, identity[w.image], image_found, return_probs, return_logits)
         return results
 
     # internals ------------------------------------------------------------------
@@ -202,8 +236,18 @@ class SFPSegmenter:
         return torch.autocast(device_type=self.device.type, dtype=self._autocast_dtype)
 
     @staticmethod
-    def _windows(layouts: list[WindowLayout]) -> list[_Window]:
-        return [_Window(i, k, *box) for i, layout in enumerate(layouts) for k, box in enumerate(layout.windows())]
+    def _windows(views: list[_View], layouts: list[WindowLayout]) -> list[_Window]:
+        return [
+            _Window(v, views[v].image, k, *box)
+            for v, layout in enumerate(layouts)
+            for k, box in enumerate(layout.windows())
+        ]
+
+    @staticmethod
+    def _stitched(grid: LogitGrid, flipped: bool) -> StitchedLogits:
+        """A view's logits at the original size, a mirrored view's mirrored back."""
+        stitched = grid.stitched()
+        return stitched.mirrored() if flipped else stitched
 
     def windows_per_forward(self, height: int, width: int) -> int:
         """How many windows of `height x width` pixels run through the ViT together: at most
@@ -224,12 +268,16 @@ class SFPSegmenter:
             for start in range(0, len(group), limit):
                 yield group[start : start + limit]
 
-    def _record_outliers(self, chunk, mask, scores, grid, pixels, sizes, found: dict[int, _Found]) -> None:
-        """One chunk's outliers, moved to the host once, into each image's record (boxes in its pixels)."""
+    def _record_outliers(self, chunk, counted, mask, scores, grid, pixels, sizes, found: dict[int, _Found]) -> None:
+        """The outliers of a chunk's identity-view windows (`counted`), moved to the host once, into each
+        image's record (boxes in its pixels)."""
+        if not counted:
+            return
         rows, cols = grid
         mask_np, scores_np = mask.cpu().numpy(), scores.cpu().numpy()
         p = self.runner.patch
-        for j, w in enumerate(chunk):
+        for j in counted:
+            w = chunk[j]
             record = found[w.image]
             record.patches += rows * cols
             record.windows += 1
@@ -247,9 +295,12 @@ class SFPSegmenter:
                 )
                 record.outliers.append(Outlier(w.index, w.y1, w.x1, r, c, float(scores_np[j, flat]), box))
 
-    def _finish(self, logits: StitchedLogits, pixels, found: _Found, return_probs) -> SegmentResult:
+    def _finish(
+        self, logits: StitchedLogits | MeanLogits, pixels, found: _Found, return_probs, return_logits
+    ) -> SegmentResult:
         outliers = sorted(found.outliers, key=lambda o: (o.window, -o.score))
         patches, windows = found.patches, found.windows
+        raw = logits.rows(0, logits.size[0]).float().cpu().numpy() if return_logits else None
         if self.config.pamr_steps:  # PAMR refines the whole map at once: it needs it at full size
             height, width = logits.size
             guide = F.interpolate(pixels[None], size=(height, width), mode="bilinear", align_corners=False)[0]
@@ -277,6 +328,7 @@ class SFPSegmenter:
             stats=stats,
             working_size=(int(pixels.shape[1]), int(pixels.shape[2])),
             probs=probs.float().cpu().numpy() if return_probs else None,
+            logits=raw,
         )
 
 

@@ -84,6 +84,33 @@ class StitchedLogits:
         """Output rows `start..stop` of every name: `names x (stop - start) x W` float32."""
         return torch.matmul(self.rows_op[start:stop], self._columns_done)
 
+    def mirrored(self) -> StitchedLogits:
+        """The logits of a horizontally flipped view back in the image's orientation: output column `x`
+        reads the view's column `W - 1 - x`."""
+        return StitchedLogits(self.rows_op, self.grid, self.cols_op.flip(0))
+
+
+@dataclass(frozen=True)
+class MeanLogits:
+    """The mean of several views' logits at the same output size (test-time augmentation), made a band
+    at a time like each view's."""
+
+    views: tuple[StitchedLogits, ...]
+
+    @property
+    def names(self) -> int:
+        return self.views[0].names
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.views[0].size
+
+    def rows(self, start: int, stop: int) -> torch.Tensor:
+        total = self.views[0].rows(start, stop)
+        for view in self.views[1:]:
+            total += view.rows(start, stop)
+        return total / len(self.views)
+
 
 @dataclass(frozen=True)
 class DenseLogits:

@@ -23,14 +23,27 @@ def working_size(height: int, width: int, short_side: int, long_side: int, min_s
     return max(int(height * scale + 0.5), min_side), max(int(width * scale + 0.5), min_side)
 
 
-def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of an `H x W x 3` uint8 image (half-pixel centres, no antialias,
+def view_size(height: int, width: int, scale: float, min_side: int = 1) -> tuple[int, int]:
+    """The size of a test-time augmentation view: the working size `height x width` times `scale`,
+    rounded like the working size, never below one patch per side."""
+    return max(int(height * scale + 0.5), min_side), max(int(width * scale + 0.5), min_side)
+
+
+def resize_pixels(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of an `H x W x 3` uint8 tensor on any device (half-pixel centres, no antialias,
     rounded back to uint8, like the reference's OpenCV resize); no-op when unchanged."""
+    if tuple(image.shape[:2]) == tuple(size):
+        return image
+    tensor = image.permute(2, 0, 1).unsqueeze(0).float()
+    resized = F.interpolate(tensor, size=size, mode="bilinear", align_corners=False)
+    return resized.round_().clamp_(0, 255).to(torch.uint8)[0].permute(1, 2, 0).contiguous()
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """`resize_pixels` of an `H x W x 3` uint8 numpy image, on the CPU."""
     if image.shape[:2] == tuple(size):
         return image
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).unsqueeze(0).float()
-    resized = F.interpolate(tensor, size=size, mode="bilinear", align_corners=False)
-    return resized.round_().clamp_(0, 255).to(torch.uint8)[0].permute(1, 2, 0).contiguous().numpy()
+    return resize_pixels(torch.from_numpy(np.ascontiguousarray(image)), size).numpy()
 
 
 @dataclass(frozen=True)
