@@ -6,9 +6,14 @@ attention in every block, no SFP part at all). "All-weights" is SFP with
 attention probabilities materialised in every block, which is what the
 authors' code does. Ratios are from one run, interleaved (A B C ..., A B C ...),
 each mode's best repeat counting (on a shared machine the best run is the least
-disturbed one, as with `timeit`; the JSON keeps every repeat).
+disturbed one, as with `timeit`; the JSON keeps every repeat). `--tta` adds the
+cost of test-time augmentation: the batched mode again with `flip`, with scales
+0.75 / 1 / 1.25, and with both ("x SFP" = time / SFP batched's; windows/s counts
+the images' windows, not the views').
 
     python bench/sfp_throughput.py --arch ViT-B-16 --images 8 --repeats 5
+    python bench/sfp_throughput.py --arch ViT-B-16 --images 8 --repeats 3 --tta \
+        --out bench/results/sfp_throughput_tta.json
     python bench/sfp_throughput.py --arch ViT-B-16 --images 8 --profile   # torch.profiler: top ops of a batched call
 """
 
@@ -108,6 +113,7 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "sfp_throughput.json"))
     parser.add_argument("--profile", action="store_true", help="profile one batched call instead, print top ops")
+    parser.add_argument("--tta", action="store_true", help="also the batched mode with flip, three scales, both")
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -144,6 +150,18 @@ def main() -> None:
         with all_blocks_materialise_attention():
             sfp_batched()
 
+    def sfp_augmented(**views):
+        """The batched mode with test-time augmentation: a segmenter on the same model and vocabulary."""
+        augmented = SFPSegmenter(
+            segmenter.backbone, segmenter.vocabulary, SFPConfig(**{**config.to_dict(), **views}), device
+        )
+
+        def run():
+            for start in range(0, len(images), args.batch):
+                augmented.segment(images[start : start + args.batch])
+
+        return run
+
     if args.profile:
         profile(lambda: segmenter.segment(images[: args.batch]))
         return
@@ -154,6 +172,11 @@ def main() -> None:
         f"SFP batched ({args.batch} images/call)": sfp_batched,
         "SFP, attention weights in every block": sfp_all_weights,
     }
+    batched = f"SFP batched ({args.batch} images/call)"
+    if args.tta:
+        modes["SFP batched, flip"] = sfp_augmented(flip=True)
+        modes["SFP batched, scales 0.75/1/1.25"] = sfp_augmented(scales=[0.75, 1.0, 1.25])
+        modes["SFP batched, flip and scales 0.75/1/1.25"] = sfp_augmented(flip=True, scales=[0.75, 1.0, 1.25])
     for fn in modes.values():  # warm-up
         fn()
     times: dict[str, list[float]] = {name: [] for name in modes}
@@ -168,6 +191,7 @@ def main() -> None:
         latencies.append(timed(lambda image=image: segmenter.segment([image]), device))
 
     floor = min(times["fused ViT forward (floor)"])
+    sfp = min(times[batched])
     rows = []
     for name, samples in times.items():
         seconds = min(samples)
@@ -180,6 +204,7 @@ def main() -> None:
                 "windows_per_s": round(windows / seconds, 2),
                 "images_per_s": round(len(images) / seconds, 3),
                 "vs_floor": round(seconds / floor, 3),
+                "vs_sfp_batched": round(seconds / sfp, 3),
             }
         )
     report = {
@@ -199,10 +224,11 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(f"{args.arch}, {len(images)} images {args.height}x{args.width} = {windows} windows, {report['device']}")
-    print("| mode | s | windows/s | images/s | x floor |\n|---|---|---|---|---|")
+    print("| mode | s | windows/s | images/s | x floor | x SFP |\n|---|---|---|---|---|---|")
     for row in rows:
         print(
-            f"| {row['mode']} | {row['seconds']} | {row['windows_per_s']} | {row['images_per_s']} | {row['vs_floor']} |"
+            f"| {row['mode']} | {row['seconds']} | {row['windows_per_s']} | {row['images_per_s']} | {row['vs_floor']} "
+            f"| {row['vs_sfp_batched']} |"
         )
     print(f"batch-1 latency median {report['batch1_latency_s']['median']} s; peak RSS {report['peak_rss_mib']} MiB")
 
