@@ -44,6 +44,17 @@ _TRANSIENT_MARKERS = (
     "timed out",
     "UNAVAILABLE",
     "DEADLINE_EXCEEDED",
+    # s3fs turns a botocore ClientError it has no class for into OSError(EIO, "An error occurred (<code>) ..."):
+    # the codes S3 documents as worth retrying, and bare statuses (a HEAD's error has no body to name a code).
+    "(InternalError)",
+    "(ServiceUnavailable)",
+    "(SlowDown)",
+    "(RequestTimeout)",
+    "(Throttling",
+    "(500)",
+    "(502)",
+    "(503)",
+    "(504)",
 )
 # botocore / aiohttp exception classes (matched by name: neither library is a dependency of this module).
 _TRANSIENT_TYPES = {

@@ -11,6 +11,7 @@ done.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 
@@ -28,10 +29,13 @@ def _delete(output: Location, path: str, retry: Retry, *, directory: bool = Fals
 
     def delete() -> None:
         kind = fs.get_file_info(path).type
-        if kind == pafs.FileType.Directory and directory:
-            fs.delete_dir(path)
-        elif kind == pafs.FileType.File and not directory:
-            fs.delete_file(path)
+        # An object store's folder exists only through its objects (and markers, when pyarrow wrote them):
+        # one emptied by bulk deletes may be gone between the look and the delete.
+        with contextlib.suppress(FileNotFoundError):
+            if kind == pafs.FileType.Directory and directory:
+                fs.delete_dir(path)
+            elif kind == pafs.FileType.File and not directory:
+                fs.delete_file(path)
 
     retry.call(f"deleting {output.uri_of(path)}", delete)
 

@@ -110,9 +110,13 @@ def test_only_outages_are_retried_and_patience_is_bounded():
     """Which errors count as an outage, and how the backoff ends (no server needed)."""
     outage = OSError("AWS Error NETWORK_CONNECTION during GetObject operation: curlCode: 7, Could not connect")
     endpoint = type("EndpointConnectionError", (Exception,), {})("Could not connect to the endpoint URL")
-    for transient in (outage, ConnectionResetError(), TimeoutError(), endpoint, OSError("HTTP status 503")):
+    s3fs = OSError(5, "An error occurred (ServiceUnavailable) when calling the GetObject operation: Please retry")
+    bare = OSError(5, "An error occurred (503) when calling the HeadObject operation: Service Unavailable")
+    for transient in (outage, ConnectionResetError(), TimeoutError(), endpoint, OSError("HTTP status 503"), s3fs, bare):
         assert is_transient(transient), transient
-    for per_file in (FileNotFoundError("gone"), PermissionError("no"), OSError(40, "Too many levels"), ValueError()):
+    refused = OSError(5, "An error occurred (InvalidObjectState) when calling the GetObject operation: archived")
+    loop = OSError(40, "Too many levels")
+    for per_file in (FileNotFoundError("gone"), PermissionError("no"), loop, ValueError(), refused):
         assert not is_transient(per_file), per_file
 
     calls = []

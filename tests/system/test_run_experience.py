@@ -56,6 +56,13 @@ def environment() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
 
 
+def hearing_ctrl_c() -> None:
+    """Run in the child before exec: SIGINT back to its default, which Python turns into KeyboardInterrupt.
+    A suite started in the background by a script (`pytest ... &`) inherits SIGINT ignored, and an ignored
+    signal stays ignored across exec: the run would never hear the Ctrl-C the test sends."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_a_terminal_gets_one_live_bar_and_the_summary_once(tmp_path):
     names = corpus(tmp_path / "in", 12)
     path = job(tmp_path, tmp_path / "in", tmp_path / "out")
@@ -111,7 +118,7 @@ def test_ctrl_c_commits_what_is_finished_and_the_next_run_does_the_rest(tmp_path
     path = job(tmp_path, tmp_path / "in", output, ", rows_per_file: 100000, commit_every_s: 3600")
     process = subprocess.Popen(
         [SFP_LABEL, "run", str(path), "--progress-every", "0.1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment(), preexec_fn=hearing_ctrl_c,
     )  # fmt: skip
     done = 0
     for line in process.stderr:
@@ -180,6 +187,7 @@ def test_the_demo_job_bar_moves_after_each_batch_and_ctrl_c_keeps_them(tmp_path)
     process = subprocess.Popen(
         command, stdin=follower, stdout=follower, stderr=follower, cwd=tmp_path, env=environment(),
         start_new_session=True,  # its own process group, which Ctrl-C reaches as a terminal sends it
+        preexec_fn=hearing_ctrl_c,
     )  # fmt: skip
     os.close(follower)
     try:
