@@ -400,17 +400,19 @@ def _stages(
         # `max_task_retries` has no named parameter yet, and Ray's default (retry forever) would loop on a
         # batch that kills its actor every time; passing it through ray_remote_args is deprecated, not gone.
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated", category=Warning)
-        return _stage_chain(run.input.read(todo, known, ledger, CPU_TASK_CPUS), run, settings)
+        read = run.input.read(todo, known, ledger, CPU_TASK_CPUS, block_rows=run.request.resources.batch_size)
+        return _stage_chain(read, run, settings)
 
 
 def _stage_chain(read: ray.data.Dataset, run: _Run, settings: StageSettings) -> ray.data.Dataset:
     cpu = {"batch_format": "pyarrow", "num_cpus": CPU_TASK_CPUS}
     resources = run.request.resources
+    decode_rows = min(DECODE_BATCH, resources.batch_size)
     return (
-        read.map_batches(decode_batch, batch_size=DECODE_BATCH, fn_kwargs={"settings": settings.decode}, **cpu)
-        # A block per actor batch: a map task hands on its rows only when it ends, so a block of several
-        # batches held the finished ones from the bar and from Ctrl-C's commit until the last was done.
-        .repartition(target_num_rows_per_block=resources.batch_size)
+        # A map task hands on its rows only when it ends, so a block of several actor batches held the finished
+        # ones from the bar and from Ctrl-C's commit until the last was done: read blocks (per-image plans) and
+        # decode batches are at most one actor batch, and each decoded block reaches the actors alone.
+        read.map_batches(decode_batch, batch_size=decode_rows, fn_kwargs={"settings": settings.decode}, **cpu)
         .map_batches(
             SFPPredictor,
             batch_size=resources.batch_size,
