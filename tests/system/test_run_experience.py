@@ -63,6 +63,25 @@ def hearing_ctrl_c() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def read_bar(leader: int, process: subprocess.Popen, until: Callable[[str], bool], deadline: float) -> str:
+    """What the run drew on its terminal, read until `until(text)` holds, the run ends or the deadline."""
+    seen = b""
+    while time.monotonic() < deadline and not until(seen.decode(errors="replace")):
+        ready, _, _ = select.select([leader], [], [], 1.0)
+        if not ready:
+            if process.poll() is not None:
+                break
+            continue
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the terminal closed: the process is done
+            break
+        if not chunk:
+            break
+        seen += chunk
+    return seen.decode(errors="replace")
+
+
 def test_a_terminal_gets_one_live_bar_and_the_summary_once(tmp_path):
     names = corpus(tmp_path / "in", 12)
     path = job(tmp_path, tmp_path / "in", tmp_path / "out")
@@ -71,23 +90,9 @@ def test_a_terminal_gets_one_live_bar_and_the_summary_once(tmp_path):
         [SFP_LABEL, "run", str(path)], stdin=follower, stdout=follower, stderr=follower, env=environment()
     )
     os.close(follower)
-    seen = b""
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([leader], [], [], 1.0)
-        if ready:
-            try:
-                chunk = os.read(leader, 65536)
-            except OSError:  # the terminal closed: the process is done
-                break
-            if not chunk:
-                break
-            seen += chunk
-        elif process.poll() is not None:
-            break
+    text = read_bar(leader, process, lambda _: False, time.monotonic() + 300)
     process.wait(timeout=60)
     os.close(leader)
-    text = seen.decode(errors="replace")
     assert process.returncode == ExitCode.OK, text[-3000:]
     frames = [frame for frame in text.split("\r") if f"/{len(names)} images" in frame]
     assert len(frames) >= 2 and "ETA" in frames[0], text[-3000:]  # the bar redrew itself as rows landed
@@ -139,25 +144,6 @@ def test_ctrl_c_commits_what_is_finished_and_the_next_run_does_the_rest(tmp_path
     assert again.returncode == ExitCode.OK, again.stderr[-3000:]
     assert f"{len(names) - len(kept)} ok, 0 error, {len(kept)} skipped" in again.stdout
     assert sorted(output_table(output).column("image_id").to_pylist()) == names  # exactly once
-
-
-def read_bar(leader: int, process: subprocess.Popen, until: Callable[[str], bool], deadline: float) -> str:
-    """What the run drew on its terminal, read until `until(text)` holds, the run ends or the deadline."""
-    seen = b""
-    while time.monotonic() < deadline and not until(seen.decode(errors="replace")):
-        ready, _, _ = select.select([leader], [], [], 1.0)
-        if not ready:
-            if process.poll() is not None:
-                break
-            continue
-        try:
-            chunk = os.read(leader, 65536)
-        except OSError:  # the terminal closed: the process is done
-            break
-        if not chunk:
-            break
-        seen += chunk
-    return seen.decode(errors="replace")
 
 
 @pytest.mark.timeout(1200)
