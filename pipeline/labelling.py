@@ -337,9 +337,7 @@ def _write_rows(
     asked = None
     try:
         with FlushTimer(writer):
-            # No prefetching: with Ray's default of one, a record is handed over only once the next exists, so
-            # a finished batch waited a whole batch more for the bar and for the commit on Ctrl-C.
-            for batch in records.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
+            for batch in records.iter_batches(batch_size=None, batch_format="pyarrow"):
                 if ledger is not None:
                     asked = _units_read(ledger, asked, counter)
                 counter.add(*writer.add(batch))
@@ -393,26 +391,21 @@ def _commit(
 def _stages(
     todo: ray.data.Dataset, run: _Run, known: KnownIds, ledger: ray.actor.ActorHandle | None
 ) -> ray.data.Dataset:
-    """read bytes -> decode and resize (CPU tasks) -> blocks of one batch -> SFP (actor pool) -> PNG encode and
-    staged Parquet parts (CPU tasks): a record per staged part, so per actor batch, reaches the driver."""
+    """read bytes -> decode and resize (CPU tasks) -> SFP (actor pool) -> PNG encode and staged Arrow parts
+    (CPU tasks): a record per staged part reaches the driver."""
     settings = StageSettings.derive(run.request, run.run_id, ray.cluster_resources().get("CPU", 1))
     with warnings.catch_warnings():
         # `max_task_retries` has no named parameter yet, and Ray's default (retry forever) would loop on a
         # batch that kills its actor every time; passing it through ray_remote_args is deprecated, not gone.
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated", category=Warning)
-        read = run.input.read(todo, known, ledger, CPU_TASK_CPUS, block_rows=run.request.resources.batch_size)
-        return _stage_chain(read, run, settings)
+        return _stage_chain(run.input.read(todo, known, ledger, CPU_TASK_CPUS), run, settings)
 
 
 def _stage_chain(read: ray.data.Dataset, run: _Run, settings: StageSettings) -> ray.data.Dataset:
     cpu = {"batch_format": "pyarrow", "num_cpus": CPU_TASK_CPUS}
     resources = run.request.resources
-    decode_rows = min(DECODE_BATCH, resources.batch_size)
     return (
-        # A map task hands on its rows only when it ends, so a block of several actor batches held the finished
-        # ones from the bar and from Ctrl-C's commit until the last was done: read blocks (per-image plans) and
-        # decode batches are at most one actor batch, and each decoded block reaches the actors alone.
-        read.map_batches(decode_batch, batch_size=decode_rows, fn_kwargs={"settings": settings.decode}, **cpu)
+        read.map_batches(decode_batch, batch_size=DECODE_BATCH, fn_kwargs={"settings": settings.decode}, **cpu)
         .map_batches(
             SFPPredictor,
             batch_size=resources.batch_size,

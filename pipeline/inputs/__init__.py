@@ -80,21 +80,13 @@ class InputReader:
         return plan_row_groups(pattern, location, num_cpus, self.retry)
 
     def read(
-        self,
-        plan: ray.data.Dataset,
-        known: KnownIds,
-        ledger: ray.actor.ActorHandle | None,
-        num_cpus: float,
-        block_rows: int = READ_BATCH_ROWS,
+        self, plan: ray.data.Dataset, known: KnownIds, ledger: ray.actor.ActorHandle | None, num_cpus: float
     ) -> ray.data.Dataset:
-        """The plan's rows -> `samples.read_schema` rows, in CPU tasks; `known` ids skipped (unit plans).
-
-        A per-image plan is read in blocks of at most `block_rows` (one actor batch) while the list is short."""
+        """The plan's rows -> `samples.read_schema` rows, in CPU tasks; `known` ids skipped (unit plans)."""
         source, location = self.source, self.location()
         cpu = {"batch_format": "pyarrow", "num_cpus": num_cpus}
         if self.per_image_plan:
-            rows = min(block_rows, READ_BATCH_ROWS)
-            small = read_blocks(plan, rows)
+            small = read_blocks(plan)
             if source.format == "files":
                 reading = {
                     "location": location,
@@ -102,9 +94,9 @@ class InputReader:
                     "retry": self.retry,
                     "max_bytes": source.max_image_bytes,
                 }
-                return small.map_batches(read_files, batch_size=rows, fn_kwargs=reading, **cpu)
+                return small.map_batches(read_files, batch_size=READ_BATCH_ROWS, fn_kwargs=reading, **cpu)
             reading = {"reading": self._list_reading(location)}
-            return small.map_batches(read_listed, batch_size=rows, fn_kwargs=reading, **cpu)
+            return small.map_batches(read_listed, batch_size=READ_BATCH_ROWS, fn_kwargs=reading, **cpu)
         units = plan.repartition(target_num_rows_per_block=1)  # one shard or row group per task
         kwargs = {"reading": self._unit_reading(location), "known": known, "ledger": ledger}
         read = read_shards if source.format == "webdataset" else read_row_groups
@@ -144,13 +136,13 @@ class InputReader:
         )
 
 
-def read_blocks(plan: ray.data.Dataset, rows: int = READ_BATCH_ROWS) -> ray.data.Dataset:
+def read_blocks(plan: ray.data.Dataset) -> ray.data.Dataset:
     """A per-image plan cut into read blocks (one read task each) before the stages start, and held in the
-    object store: `rows` rows a block, more when that would make over `MAX_READ_BLOCKS` blocks.
+    object store: `READ_BATCH_ROWS` rows a block, more when that would make over `MAX_READ_BLOCKS` blocks.
 
     Cut inside the running stages instead, the cutting task holds a whole CPU (Ray Data's repartition asks
     for one) for as long as the stages take to accept its blocks, a few a second: beside a one-CPU actor on
     a two-CPU node nothing else runs, and no row is read until the whole list is cut.
     """
-    rows = max(rows, -(-plan.count() // MAX_READ_BLOCKS))
+    rows = max(READ_BATCH_ROWS, -(-plan.count() // MAX_READ_BLOCKS))
     return plan.repartition(target_num_rows_per_block=rows).materialize()
