@@ -47,6 +47,7 @@ from .progress import ProgressCounter, RunDisplay
 from .request import LabelRequest
 from .resume import drop_existing
 from .retry import Retry, is_access_denied
+from .roster import run_actors
 from .settings import StageSettings
 from .sink import FlushTimer, PartCommitter, WriterSettings, WrittenFile
 from .storage import Location, Redactor, public_options, public_uri, redacted_logs
@@ -286,7 +287,8 @@ def _label_images(run: _Run, writer: PartCommitter, listed: ray.data.Dataset) ->
     counter = ProgressCounter(total=pending, skipped=total - pending, display=run.display)
     counter.report()
     if pending:
-        _write_rows(run, writer, _stages(todo, run, KnownIds(), None), counter)
+        with _stages(todo, run, KnownIds(), None) as records:
+            _write_rows(run, writer, records, counter)
     return pending, total
 
 
@@ -309,7 +311,8 @@ def _label_units(run: _Run, writer: PartCommitter, units: ray.data.Dataset) -> t
             counter.read_units(probed.units_done, probed.skipped)
             counter.report()
         if todo.count():
-            _write_rows(run, writer, _stages(todo, run, known, ledger), counter, ledger)
+            with _stages(todo, run, known, ledger) as records:
+                _write_rows(run, writer, records, counter, ledger)
         tally: Tally = ray.get(ledger.tally.remote())
     finally:
         ray.kill(ledger)
@@ -337,7 +340,9 @@ def _write_rows(
     asked = None
     try:
         with FlushTimer(writer):
-            for batch in records.iter_batches(batch_size=None, batch_format="pyarrow"):
+            # No prefetching: with Ray's default of one, a record is handed over only once the next exists, so
+            # a finished batch waited a whole batch more for the bar and for the commit on Ctrl-C.
+            for batch in records.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
                 if ledger is not None:
                     asked = _units_read(ledger, asked, counter)
                 counter.add(*writer.add(batch))
@@ -388,29 +393,39 @@ def _commit(
     return current
 
 
+@contextlib.contextmanager
 def _stages(
     todo: ray.data.Dataset, run: _Run, known: KnownIds, ledger: ray.actor.ActorHandle | None
-) -> ray.data.Dataset:
-    """read bytes -> decode and resize (CPU tasks) -> SFP (actor pool) -> PNG encode and staged Arrow parts
-    (CPU tasks): a record per staged part reaches the driver."""
+) -> Iterator[ray.data.Dataset]:
+    """read bytes -> decode and resize (CPU tasks) -> SFP (actor pool) -> PNG encode and staged Arrow parts (CPU
+    tasks): a record per staged part, so per actor batch for files and lists, reaches the driver."""
     settings = StageSettings.derive(run.request, run.run_id, ray.cluster_resources().get("CPU", 1))
-    with warnings.catch_warnings():
-        # `max_task_retries` has no named parameter yet, and Ray's default (retry forever) would loop on a
-        # batch that kills its actor every time; passing it through ray_remote_args is deprecated, not gone.
-        warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated", category=Warning)
-        return _stage_chain(run.input.read(todo, known, ledger, CPU_TASK_CPUS), run, settings)
+    read = run.input.read(todo, known, ledger, CPU_TASK_CPUS, block_rows=run.request.resources.batch_size)
+    with run_actors() as roster:  # the model actors end with the stages, however they end
+        with warnings.catch_warnings():
+            # `max_task_retries` has no named parameter yet, and Ray's default (retry forever) would loop on a
+            # batch that kills its actor every time; passing it through ray_remote_args is deprecated, not gone.
+            warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated", category=Warning)
+            records = _stage_chain(read, run, settings, roster)
+        yield records
 
 
-def _stage_chain(read: ray.data.Dataset, run: _Run, settings: StageSettings) -> ray.data.Dataset:
+def _stage_chain(
+    read: ray.data.Dataset, run: _Run, settings: StageSettings, roster: ray.actor.ActorHandle
+) -> ray.data.Dataset:
     cpu = {"batch_format": "pyarrow", "num_cpus": CPU_TASK_CPUS}
     resources = run.request.resources
+    decode_rows = min(DECODE_BATCH, resources.batch_size)
     return (
-        read.map_batches(decode_batch, batch_size=DECODE_BATCH, fn_kwargs={"settings": settings.decode}, **cpu)
+        # A map task hands on its rows only when it ends, so a block of several actor batches held the finished
+        # ones from the bar and from Ctrl-C's commit until the last was done: read blocks (per-image plans) and
+        # decode batches are at most one actor batch, and each decoded block reaches the actors alone.
+        read.map_batches(decode_batch, batch_size=decode_rows, fn_kwargs={"settings": settings.decode}, **cpu)
         .map_batches(
             SFPPredictor,
             batch_size=resources.batch_size,
             batch_format="pyarrow",
-            fn_constructor_args=(settings.predictor,),
+            fn_constructor_args=(settings.predictor, roster),
             compute=ray.data.ActorPoolStrategy(min_size=resources.actors[0], max_size=resources.actors[1]),
             num_cpus=ACTOR_CPUS,
             num_gpus=resources.gpus_per_actor,

@@ -11,11 +11,13 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import ray
 
 from sfp_core import SegmentResult
 
 from .arrays import column_arrays, tensor_column
 from .output import OUTLIER_TYPE, REASON_UNSUPPORTED, STATUS_ERROR, STATUS_OK
+from .roster import join_roster
 from .settings import PredictorSettings
 from .storage import fsspec_options
 
@@ -27,7 +29,8 @@ class SFPPredictor:
     (and the quantised confidence map) at their original size, plus statistics.
     """
 
-    def __init__(self, settings: PredictorSettings):
+    def __init__(self, settings: PredictorSettings, roster: ray.actor.ActorHandle | None = None):
+        join_roster(roster)  # first: a run that ends while the model loads stops this actor too
         import torch
 
         from sfp_core import SFPSegmenter

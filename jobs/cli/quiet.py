@@ -79,8 +79,7 @@ class _LineFilter:
             os.write(self.out, bytes(passed))
 
     def _undecided(self) -> bool:
-        line = self.held.split(b"\n", 1)
-        return len(line) == 1 and len(self.held) < _DECIDED_AFTER and _may_become_ray_line(self.held)
+        return b"\n" not in self.held and len(self.held) < _DECIDED_AFTER and _may_become_ray_line(self.held)
 
     def close(self) -> None:
         if self.held and not self.dropping and not _RAY_CORE_LINE.match(self.held):

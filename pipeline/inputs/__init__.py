@@ -12,8 +12,10 @@ Either way the read stage emits `samples.read_schema` rows.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import pyarrow as pa
 import ray
 
 from ..request import Source
@@ -80,13 +82,21 @@ class InputReader:
         return plan_row_groups(pattern, location, num_cpus, self.retry)
 
     def read(
-        self, plan: ray.data.Dataset, known: KnownIds, ledger: ray.actor.ActorHandle | None, num_cpus: float
+        self,
+        plan: ray.data.Dataset,
+        known: KnownIds,
+        ledger: ray.actor.ActorHandle | None,
+        num_cpus: float,
+        block_rows: int = READ_BATCH_ROWS,
     ) -> ray.data.Dataset:
-        """The plan's rows -> `samples.read_schema` rows, in CPU tasks; `known` ids skipped (unit plans)."""
+        """The plan's rows -> `samples.read_schema` rows, in CPU tasks; `known` ids skipped (unit plans).
+
+        A per-image plan is read in blocks of at most `block_rows` (one actor batch) while the list is short."""
         source, location = self.source, self.location()
         cpu = {"batch_format": "pyarrow", "num_cpus": num_cpus}
         if self.per_image_plan:
-            small = read_blocks(plan)
+            rows = min(block_rows, READ_BATCH_ROWS)
+            small = read_blocks(plan, rows)
             if source.format == "files":
                 reading = {
                     "location": location,
@@ -94,26 +104,35 @@ class InputReader:
                     "retry": self.retry,
                     "max_bytes": source.max_image_bytes,
                 }
-                return small.map_batches(read_files, batch_size=READ_BATCH_ROWS, fn_kwargs=reading, **cpu)
+                return small.map_batches(read_files, batch_size=rows, fn_kwargs=reading, **cpu)
             reading = {"reading": self._list_reading(location)}
-            return small.map_batches(read_listed, batch_size=READ_BATCH_ROWS, fn_kwargs=reading, **cpu)
-        units = plan.repartition(target_num_rows_per_block=1)  # one shard or row group per task
-        kwargs = {"reading": self._unit_reading(location), "known": known, "ledger": ledger}
+            return small.map_batches(read_listed, batch_size=rows, fn_kwargs=reading, **cpu)
         read = read_shards if source.format == "webdataset" else read_row_groups
-        return units.map_batches(read, batch_size=1, fn_kwargs=kwargs, **cpu)
+        return self._per_unit(read, plan, known, ledger, num_cpus)
 
     def unlabelled_units(
         self, plan: ray.data.Dataset, known: KnownIds, ledger: ray.actor.ActorHandle, num_cpus: float
     ) -> ray.data.Dataset:
         """A unit plan without the shards or row groups whose every sample is `known` (those are reported to
         the ledger as read), so that a run with nothing new starts no actor (`unlabelled.py`)."""
-        units = plan.repartition(target_num_rows_per_block=1)
-        kwargs = {"reading": self._unit_reading(self.location()), "known": known, "ledger": ledger}
         probe = unlabelled_shards if self.source.format == "webdataset" else unlabelled_row_groups
-        return units.map_batches(probe, batch_size=1, batch_format="pyarrow", num_cpus=num_cpus, fn_kwargs=kwargs)
+        return self._per_unit(probe, plan, known, ledger, num_cpus)
 
-    def _unit_reading(self, location: Location) -> ShardReading | TableReading:
-        source = self.source
+    def _per_unit(
+        self,
+        work: Callable[..., pa.Table | Iterator[pa.Table]],
+        plan: ray.data.Dataset,
+        known: KnownIds,
+        ledger: ray.actor.ActorHandle | None,
+        num_cpus: float,
+    ) -> ray.data.Dataset:
+        """`work` run by one CPU task per shard or row group of a unit plan, with this input's reading."""
+        units = plan.repartition(target_num_rows_per_block=1)
+        kwargs = {"reading": self._unit_reading(), "known": known, "ledger": ledger}
+        return units.map_batches(work, batch_size=1, batch_format="pyarrow", num_cpus=num_cpus, fn_kwargs=kwargs)
+
+    def _unit_reading(self) -> ShardReading | TableReading:
+        source, location = self.source, self.location()
         if source.format == "webdataset":
             return ShardReading(
                 location, tuple(source.extensions), dict(source.fields), self.redact, self.retry, source.max_image_bytes
@@ -136,13 +155,13 @@ class InputReader:
         )
 
 
-def read_blocks(plan: ray.data.Dataset) -> ray.data.Dataset:
+def read_blocks(plan: ray.data.Dataset, rows: int = READ_BATCH_ROWS) -> ray.data.Dataset:
     """A per-image plan cut into read blocks (one read task each) before the stages start, and held in the
-    object store: `READ_BATCH_ROWS` rows a block, more when that would make over `MAX_READ_BLOCKS` blocks.
+    object store: `rows` rows a block, more when that would make over `MAX_READ_BLOCKS` blocks.
 
     Cut inside the running stages instead, the cutting task holds a whole CPU (Ray Data's repartition asks
     for one) for as long as the stages take to accept its blocks, a few a second: beside a one-CPU actor on
     a two-CPU node nothing else runs, and no row is read until the whole list is cut.
     """
-    rows = max(READ_BATCH_ROWS, -(-plan.count() // MAX_READ_BLOCKS))
+    rows = max(rows, -(-plan.count() // MAX_READ_BLOCKS))
     return plan.repartition(target_num_rows_per_block=rows).materialize()

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import pty
+import re
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import output_table
+from helpers import ROOT, output_table
 from PIL import Image
 
 from jobs.cli.exitcodes import ExitCode
@@ -142,3 +144,56 @@ def test_ctrl_c_commits_what_is_finished_and_the_next_run_does_the_rest(tmp_path
     assert again.returncode == ExitCode.OK, again.stderr[-3000:]
     assert f"{len(names) - len(kept)} ok, 0 error, {len(kept)} skipped" in again.stdout
     assert sorted(output_table(output).column("image_id").to_pylist()) == names  # exactly once
+
+
+@pytest.mark.timeout(1200)
+def test_the_demo_job_bar_moves_after_each_batch_and_ctrl_c_keeps_them(tmp_path):
+    """The README's demo job with ViT-B-16 (random weights, batches of 2) on 12 photos: the bar counts every
+    batch as it finishes, and Ctrl-C then keeps every row it counted (commits far off: only the interruption
+    can have committed them); the next run labels only the rest. Issue 21 item 2: with a slow model the
+    bar sat at 0 until the end and Ctrl-C kept nothing. `sfp.short_side` 224 keeps it near a minute on two
+    idle cores (ViT-B-16 starts twice)."""
+    photos = tmp_path / "examples" / "images"
+    photos.mkdir(parents=True)
+    names = []
+    for copy in range(3):
+        for photo in sorted((ROOT / "examples" / "images").glob("*.jpg")):
+            names.append(f"{photo.stem}_{copy}.jpg")
+            shutil.copy(photo, photos / names[-1])
+    (tmp_path / "jobs").mkdir()
+    shutil.copy(ROOT / "jobs" / "demo.yaml", tmp_path / "jobs")
+    command = [SFP_LABEL, "run", "jobs/demo.yaml", "--set", "model.weights=random", "--set", "sfp.short_side=224"]
+    command += ["--set", "output.rows_per_file=100000", "--set", "output.commit_every_s=3600"]
+    total = len(names)
+
+    def counts(text: str) -> list[int]:
+        return sorted({int(done) for done in re.findall(rf"(\d+)/{total} images", text)} - {0, total})
+
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        command, stdin=follower, stdout=follower, stderr=follower, cwd=tmp_path, env=environment(),
+        start_new_session=True,  # its own process group, which Ctrl-C reaches as a terminal sends it
+        preexec_fn=hearing_ctrl_c,
+    )  # fmt: skip
+    os.close(follower)
+    try:
+        text = read_bar(leader, process, lambda text: len(counts(text)) >= 2, time.monotonic() + 900)
+        moved = counts(text)
+        assert len(moved) >= 2, f"the bar did not move twice before the end: {text[-3000:]}"
+        os.killpg(process.pid, signal.SIGINT)
+        text += read_bar(leader, process, lambda _: False, time.monotonic() + 300)
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        os.close(leader)
+    assert process.returncode == ExitCode.INTERRUPTED, text[-3000:]
+    assert "interrupted" in text and "Traceback" not in text
+    kept = output_table(tmp_path / "out" / "demo").column("image_id").to_pylist()
+    assert moved[-1] <= len(kept) < total and len(set(kept)) == len(kept), (moved, kept)
+
+    again = subprocess.run([*command, "--no-progress"], capture_output=True, text=True, cwd=tmp_path,
+                           env=environment(), timeout=600)  # fmt: skip
+    assert again.returncode == ExitCode.OK, again.stderr[-3000:]
+    assert f"{total - len(kept)} ok, 0 error, {len(kept)} skipped" in again.stdout
+    assert sorted(output_table(tmp_path / "out" / "demo").column("image_id").to_pylist()) == sorted(names)
