@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, output_table
+from helpers import ROOT, output_table, remote_output_table
 
 BIN = Path(sys.executable).parent
 
@@ -125,3 +125,53 @@ def test_ray_job_submit_runs_a_job_file(ray_head, tmp_path):
     assert sorted(table.column("image_id").to_pylist()) == photos
     assert set(table.column("status").to_pylist()) == {"ok"}
     assert set(table.column("model").to_pylist()) == {"SFP-Tiny-16:random"}
+
+
+def readme_submit_command() -> str:
+    """The README's `ray job submit` command (section "On a Ray cluster"), its continued lines joined."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("### On a Ray cluster") :]
+    block = section[section.index("```bash") + len("```bash") : section.index("```\n", section.index("```bash") + 7)]
+    lines = block.strip("\n").splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith(("RAY_ADDRESS=", "ray job submit ")))
+    command = []
+    for line in lines[first:]:
+        command.append(line.rstrip().removesuffix("\\").strip())
+        if not line.rstrip().endswith("\\"):
+            break
+    return " ".join(command)
+
+
+@pytest.fixture
+def s3_in_environment(s3_server, monkeypatch):
+    """The session's SeaweedFS named by the environment (set before `ray_head` starts, so its nodes see it), as
+    README says credentials and endpoints reach a cluster: the session's keys are already there."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint_url)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    return s3_server
+
+
+def test_the_readme_submit_command_runs_as_written(s3_in_environment, ray_head):
+    """README's command, text unchanged but for the bucket, the dashboard's port and the two offline
+    overrides the job file itself documents (random weights: none can be fetched here; no GPU here): a
+    token-auth head with a "driver" slot, credentials and endpoint in the nodes' environment, as README says.
+    """
+    command = readme_submit_command()
+    assert command.startswith("RAY_ADDRESS=http://127.0.0.1:8265 ray job submit --working-dir . ")
+    assert "--entrypoint-resources '{\"driver\": 1}'" in command and command.endswith("jobs/voc21.yaml --no-progress")
+    s3_server = s3_in_environment
+    bucket = "readme-" + secrets.token_hex(4)
+    s3_server.create_bucket(bucket)
+    fs = s3_server.filesystem()
+    photos = sorted((ROOT / "examples" / "images").glob("*.jpg"))[:2]
+    for photo in photos:
+        with fs.open_output_stream(f"{bucket}/voc/JPEGImages/{photo.name}") as stream:
+            stream.write(photo.read_bytes())
+    command = command.replace("http://127.0.0.1:8265", ray_head.dashboard).replace("s3://my-bucket/", f"s3://{bucket}/")
+    command += " --set model.weights=random --set resources.gpus_per_actor=0"
+    env = ray_head.env | {"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(["bash", "-c", command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert f"{len(photos)} ok, 0 error, 0 skipped" in result.stdout
+    ids = remote_output_table(fs, f"{bucket}/labels/voc21", ["image_id"]).column("image_id").to_pylist()
+    assert sorted(ids) == [photo.name for photo in photos]
