@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import GOLDEN_WEIGHTS, output_table, run_label
+from helpers import GOLDEN_WEIGHTS, TINY_ARCH, output_table, run_label
 from PIL import Image
 
 from pipeline import Progress, RunDisplay
@@ -17,11 +17,11 @@ from sfp_core import SFPConfig, Vocabulary
 
 pytestmark = pytest.mark.timeout(240)
 
-RUN = {
-    "vocabulary": Vocabulary([["background"], ["cat"]]),
-    "arch": "SFP-Tiny-16",
+RUN = {  # the golden tiny model at a small size, a batch and a file every two images
+    "vocabulary": Vocabulary([["sky"], ["cat"], ["dog"]]),
+    "arch": TINY_ARCH,
     "weights": str(GOLDEN_WEIGHTS),
-    "config": SFPConfig(short_side=224),
+    "config": SFPConfig(short_side=160),
     "batch_size": 2,
     "rows_per_file": 2,
 }
