@@ -44,7 +44,7 @@ from .output import (
 from .output.manifest import InputRecord, ModelRecord, OutputRecord, ResourcesRecord, VocabularyRecord
 from .predict import SFPPredictor
 from .progress import ProgressCounter, RunDisplay
-from .request import LabelRequest
+from .request import LabelRequest, Resources
 from .resume import drop_existing
 from .retry import Retry, is_access_denied
 from .roster import run_actors
@@ -398,9 +398,9 @@ def _stages(
     todo: ray.data.Dataset, run: _Run, known: KnownIds, ledger: ray.actor.ActorHandle | None
 ) -> Iterator[ray.data.Dataset]:
     """read bytes -> decode and resize (CPU tasks) -> SFP (actor pool) -> PNG encode and staged Arrow parts (CPU
-    tasks): a record per staged part, so per actor batch for files and lists, reaches the driver."""
+    tasks): a record per staged part, so per actor batch for files and lists on CPU actors, reaches the driver."""
     settings = StageSettings.derive(run.request, run.run_id, ray.cluster_resources().get("CPU", 1))
-    read = run.input.read(todo, known, ledger, CPU_TASK_CPUS, block_rows=run.request.resources.batch_size)
+    read = run.input.read(todo, known, ledger, CPU_TASK_CPUS, block_rows=_rows_per_block(run.request.resources))
     with run_actors() as roster:  # the model actors end with the stages, however they end
         with warnings.catch_warnings():
             # `max_task_retries` has no named parameter yet, and Ray's default (retry forever) would loop on a
@@ -415,11 +415,8 @@ def _stage_chain(
 ) -> ray.data.Dataset:
     cpu = {"batch_format": "pyarrow", "num_cpus": CPU_TASK_CPUS}
     resources = run.request.resources
-    decode_rows = min(DECODE_BATCH, resources.batch_size)
+    decode_rows = _rows_per_block(resources)
     return (
-        # A map task hands on its rows only when it ends, so a block of several actor batches held the finished
-        # ones from the bar and from Ctrl-C's commit until the last was done: read blocks (per-image plans) and
-        # decode batches are at most one actor batch, and each decoded block reaches the actors alone.
         read.map_batches(decode_batch, batch_size=decode_rows, fn_kwargs={"settings": settings.decode}, **cpu)
         .map_batches(
             SFPPredictor,
@@ -434,6 +431,17 @@ def _stage_chain(
         .map_batches(encode_batch, batch_size=None, fn_kwargs={"settings": settings.encode}, **cpu)
         .map_batches(stage_parts, batch_size=None, fn_kwargs={"writing": run.part_writing()}, **cpu)
     )
+
+
+def _rows_per_block(resources: Resources) -> int:
+    """Rows of a read block (per-image plans) and of a decode batch: what the bar and Ctrl-C's commit move by.
+
+    A map task hands on its rows only when it ends, so a block of several actor batches held the finished ones
+    back until the last was done. On CPU actors a batch takes seconds to minutes (ViT-B-16): a block is one
+    batch. On GPUs a batch takes milliseconds, and Ray Data's cost per block, the driver's included, would set
+    the pace: blocks stay at `DECODE_BATCH` rows.
+    """
+    return min(DECODE_BATCH, resources.batch_size) if resources.device == "cpu" else DECODE_BATCH
 
 
 def _user_facing(exc: BaseException, run: _Run) -> BaseException:

@@ -79,3 +79,13 @@ def test_a_run_whose_stage_task_failed_leaves_no_actor_while_its_error_is_kept(r
         run_label(str(tmp_path / "images"), str(tmp_path / "out"), display=RunDisplay(on_progress=break_staging), **RUN)
     assert "staging" in str(kept.value) or "directory" in str(kept.value).lower(), kept.value
     wait_for_all_cpus(ray_local)
+
+
+def test_blocks_are_one_actor_batch_on_cpus_and_sixteen_rows_on_gpus():
+    """What the bar and Ctrl-C move by: a batch where a batch is slow (CPU actors); on GPUs, where a batch takes
+    milliseconds, Ray Data's cost per block would set the pace, so blocks keep 16 rows."""
+    from pipeline.labelling import _rows_per_block
+    from pipeline.request import Resources
+
+    assert [_rows_per_block(Resources(batch_size=size)) for size in (1, 2, 8, 16, 64)] == [1, 2, 8, 16, 16]
+    assert {_rows_per_block(Resources(batch_size=size, gpus_per_actor=1)) for size in (1, 8, 64)} == {16}
