@@ -91,7 +91,8 @@ class InputReader:
     ) -> ray.data.Dataset:
         """The plan's rows -> `samples.read_schema` rows, in CPU tasks; `known` ids skipped (unit plans).
 
-        A per-image plan is read in blocks of at most `block_rows` (one actor batch) while the list is short."""
+        A per-image plan is read in blocks of at most `block_rows` (one actor batch, for CPU actors) while the list
+        is short."""
         source, location = self.source, self.location()
         cpu = {"batch_format": "pyarrow", "num_cpus": num_cpus}
         if self.per_image_plan:
