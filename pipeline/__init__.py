@@ -64,7 +64,8 @@ if TYPE_CHECKING:
     from .checks import preflight
     from .compact import Compaction, compact_output
     from .decode import ImageError, decode_image
-    from .labelling import ensure_ray, label
+    from .labelling import label
+    from .ray_session import ensure_ray
     from .upgrade import upgrade_output
 
 __all__ = [
@@ -133,10 +134,14 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     """`label` (and with it torch and open_clip) loads on first use: Ray workers that only list, read or
     write files import this package too, and start seconds sooner without them."""
-    if name in ("label", "ensure_ray"):
+    if name == "label":
         from . import labelling
 
-        return getattr(labelling, name)
+        return labelling.label
+    if name == "ensure_ray":
+        from . import ray_session
+
+        return ray_session.ensure_ray
     if name == "preflight":
         from . import checks
 

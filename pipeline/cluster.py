@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import ray
 
 from .errors import ClusterCannotHostActor
+from .ray_session import ensure_ray
 from .request import Resources
 
 log = logging.getLogger("pipeline")
@@ -105,8 +106,6 @@ def cluster_capacity(verbose: bool = False) -> Capacity | None:
     would), else the node a local Ray would start here, as Ray itself would detect it (nothing is
     started). None when Ray's detection cannot be read."""
     if ray.is_initialized() or os.environ.get("RAY_ADDRESS"):
-        from .labelling import ensure_ray
-
         ensure_ray(verbose)
         nodes = tuple(node["Resources"] for node in ray.nodes() if node.get("Alive"))
         return Capacity(nodes, f"the Ray cluster ({len(nodes)} nodes)", _may_grow())

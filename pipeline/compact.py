@@ -19,7 +19,6 @@ from typing import Any
 import ray
 
 from .errors import unwrap_task_error
-from .labelling import ensure_ray
 from .lease import OutputLease
 from .output import (
     DEFAULT_ROWS_PER_FILE,
@@ -33,6 +32,7 @@ from .output import (
     merge_parts,
     new_run_id,
 )
+from .ray_session import ensure_ray
 from .retry import Retry
 from .storage import Location
 

@@ -4,11 +4,7 @@ under the output's lease, with a manifest per run (docs/design.md, "Data flow").
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
-import os
-import signal
-import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -44,6 +40,7 @@ from .output import (
 from .output.manifest import InputRecord, ModelRecord, OutputRecord, ResourcesRecord, VocabularyRecord
 from .predict import SFPPredictor
 from .progress import ProgressCounter, RunDisplay
+from .ray_session import ensure_ray
 from .request import LabelRequest, Resources
 from .resume import drop_existing
 from .retry import Retry, is_access_denied
@@ -63,8 +60,6 @@ DECODE_BATCH = 16
 # A killed actor is replaced (Ray restarts it: one model load) and its batch retried; a batch that
 # kills its actor this many times fails the run instead of looping (Ray Data's default is forever).
 ACTOR_TASK_RETRIES = 3
-# A Ray started here listens on loopback only: nothing on the network can reach its ports.
-_RAY_SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 @dataclass(frozen=True)
@@ -470,73 +465,6 @@ def _record_failure(run: _Run, manifest: Manifest, exc: BaseException, writer: P
             table.discard_folder(writer.folder)
     except Exception as record_exc:  # the run's own error is the one to raise
         log.warning("could not record the failed run %s: %s", run.run_id, run.redact(str(record_exc)))
-
-
-def ensure_ray(verbose: bool = False) -> None:
-    """Use the running Ray; else join RAY_ADDRESS's cluster; else start a local one (never a stale cluster).
-
-    Quiet unless `verbose`: Ray's own INFO lines and the workers' output stay in Ray's log files
-    (`/tmp/ray/session_latest/logs`); errors still reach the driver as exceptions.
-
-    `ray.init` replaces the SIGTERM handler with one that exits at once; the caller's handler (the CLI's,
-    which unwinds like Ctrl-C so finished work is committed and the lease released) is put back.
-    """
-    if ray.is_initialized():
-        return
-    quiet = {"logging_level": logging.INFO if verbose else logging.ERROR, "log_to_driver": verbose}
-    with _sigterm_kept_through_init():
-        if os.environ.get("RAY_ADDRESS"):
-            ray.init(**quiet)
-        else:
-            _loopback_only()
-            ray.init(address="local", include_dashboard=False, **quiet)
-
-
-@contextlib.contextmanager
-def _sigterm_kept_through_init() -> Iterator[None]:
-    """Put the caller's SIGTERM handler back after `ray.init`, and deliver to it a SIGTERM that came meanwhile.
-
-    Ray's handler calls `sys.exit(15)`, but where the signal lands while Python runs a fork hook (Ray
-    starts its processes during init) that SystemExit is printed and dropped, and the run went on as
-    if nothing was asked. The interpreter also writes every signal's number to the wakeup fd, whatever
-    handler runs, so a signal seen there is sent again once our handler is back.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.getsignal(signal.SIGTERM)
-    read_end, write_end = os.pipe()
-    os.set_blocking(read_end, False)
-    os.set_blocking(write_end, False)
-    earlier_wakeup = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
-    try:
-        yield
-    finally:
-        signal.set_wakeup_fd(earlier_wakeup)
-        if callable(previous):
-            signal.signal(signal.SIGTERM, previous)
-        try:
-            seen = os.read(read_end, 4096)
-        except BlockingIOError:
-            seen = b""
-        os.close(read_end)
-        os.close(write_end)
-    if signal.SIGTERM in seen and callable(previous):
-        os.kill(os.getpid(), signal.SIGTERM)  # Ray's handler dropped it: ours unwinds like Ctrl-C
-
-
-def _loopback_only() -> None:
-    """Make the local Ray this process starts listen on 127.0.0.1 only.
-
-    `ray.init(_node_ip_address="127.0.0.1")` is turned back into the machine's
-    routable address by Ray itself; what keeps a node on loopback is Ray's
-    single-machine mode (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`), read by the
-    processes it starts from the environment and by this one from its
-    constants, which were read when ray was imported.
-    """
-    os.environ[_RAY_SINGLE_MACHINE_ENV] = "0"
-    ray_constants = importlib.import_module("ray._private.ray_constants")
-    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 @contextlib.contextmanager

@@ -108,7 +108,7 @@ def test_sigterm_at_any_moment_exits_143_with_one_line(tmp_path):
 def test_a_sigterm_that_rays_handler_drops_during_init_still_reaches_ours():
     """Ray's handler exits by raising SystemExit, which Python prints and drops when the signal lands in a
     fork hook; the run must still stop. A stand-in for `ray.init` puts in such a handler and is signalled."""
-    from pipeline.labelling import _sigterm_kept_through_init
+    from pipeline.ray_session import _sigterm_kept_through_init
 
     class Stopped(Exception):
         pass
@@ -137,7 +137,7 @@ def test_a_sigterm_that_rays_handler_drops_during_init_still_reaches_ours():
 
 
 def test_no_sigterm_during_init_sends_none():
-    from pipeline.labelling import _sigterm_kept_through_init
+    from pipeline.ray_session import _sigterm_kept_through_init
 
     calls = []
     earlier = signal.signal(signal.SIGTERM, lambda signum, frame: calls.append(signum))
