@@ -56,6 +56,23 @@ _TRANSIENT_MARKERS = (
     "(503)",
     "(504)",
 )
+# S3 error codes worth retrying (throttling, a server busy or restarting). s3fs raises an error of a code it
+# knows as a Python error carrying only the server's message ("We encountered an internal error. Please try
+# again.", errno EREMOTEIO or EBUSY), so the code is read from the botocore error it keeps as the cause.
+_TRANSIENT_CODES = {
+    "InternalError",
+    "ServiceUnavailable",
+    "SlowDown",
+    "RequestTimeout",
+    "OperationAborted",
+    "Throttling",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "500",
+    "502",
+    "503",
+    "504",
+}
 # botocore / aiohttp exception classes (matched by name: neither library is a dependency of this module).
 _TRANSIENT_TYPES = {
     "EndpointConnectionError",
@@ -106,7 +123,23 @@ def is_transient(exc: BaseException) -> bool:
         return True
     if _TRANSIENT_TYPES & {cls.__name__ for cls in type(exc).__mro__}:
         return True
+    if isinstance(exc, OSError) and _error_code(exc) in _TRANSIENT_CODES:
+        return True
     return isinstance(exc, OSError) and any(marker in str(exc) for marker in _TRANSIENT_MARKERS)
+
+
+def _error_code(exc: BaseException) -> str | None:
+    """The S3 error code behind `exc`: that of the first error in its chain of causes with a botocore-style
+    `response` ({"Error": {"Code": ...}}), if any."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # the chain of causes, bounded
+        if seen is None:
+            return None
+        response = getattr(seen, "response", None)
+        if isinstance(response, dict) and isinstance(response.get("Error"), dict):
+            return str(response["Error"].get("Code", "")) or None
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def is_unresolvable(exc: BaseException) -> bool:

@@ -145,6 +145,34 @@ def test_only_outages_are_retried_and_patience_is_bounded():
     assert time.monotonic() - started < 2
 
 
+def test_s3fs_errors_of_a_busy_or_restarting_server_are_outages():
+    """s3fs turns the S3 codes it knows into Python errors that carry only the server's message (InternalError:
+    "We encountered an internal error. Please try again.", errno EREMOTEIO; SlowDown, ServiceUnavailable:
+    EBUSY). A SeaweedFS restarting under load answered a staged part's GET with InternalError, and the merge
+    failed the run instead of waiting; the code is read from the botocore error s3fs keeps as the cause."""
+    from botocore.exceptions import ClientError
+    from s3fs.errors import translate_boto_error
+
+    def s3fs_error(code: str, message: str, operation: str = "GetObject") -> BaseException:
+        return translate_boto_error(ClientError({"Error": {"Code": code, "Message": message}}, operation))
+
+    for code, message in [
+        ("InternalError", "We encountered an internal error. Please try again."),
+        ("SlowDown", "Please reduce your request rate."),
+        ("ServiceUnavailable", "Please reduce your request rate."),
+        ("OperationAborted", "A conflicting conditional operation is currently in progress."),
+    ]:
+        error = s3fs_error(code, message, "PutObject")
+        assert type(error) is OSError and is_transient(error), (code, repr(error))
+    for code, message in [
+        ("NoSuchKey", "The specified key does not exist."),
+        ("AccessDenied", "Access Denied"),
+        ("InvalidRange", "The requested range is not satisfiable"),
+        ("BadDigest", "The Content-MD5 you specified did not match what we received."),
+    ]:
+        assert not is_transient(s3fs_error(code, message)), code
+
+
 def test_reads_ride_out_an_outage_and_say_where_when_it_lasts(server):
     """Per-file reads without Ray: through a 2 s outage the bytes arrive; past the patience, a clear error."""
     location = Location.parse("s3://sfp-in/corpus", server.storage_options)
@@ -187,7 +215,7 @@ def test_a_short_outage_mid_run_is_ridden_out_and_every_image_lands_once(ray_loc
     time.sleep(OUTAGE_S)
     server.start()
     run.join(timeout=120)
-    assert not run.is_alive() and "error" not in outcome, outcome.get("error")
+    assert not run.is_alive() and "error" not in outcome, str(outcome.get("error"))[-4000:]
     summary = outcome["result"]
     assert (summary.ok, summary.error, summary.total) == (len(IMAGES), 0, len(IMAGES))
     assert sorted(output_ids(server, "sfp-out/short")) == IMAGES  # exactly once: no gaps, no duplicates
