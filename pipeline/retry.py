@@ -16,7 +16,7 @@ import logging
 import random
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -131,27 +131,29 @@ def is_transient(exc: BaseException) -> bool:
 def _error_code(exc: BaseException) -> str | None:
     """The S3 error code behind `exc`: that of the first error in its chain of causes with a botocore-style
     `response` ({"Error": {"Code": ...}}), if any."""
-    seen: BaseException | None = exc
-    for _ in range(8):  # the chain of causes, bounded
-        if seen is None:
-            return None
+    for seen in _causes(exc):
         response = getattr(seen, "response", None)
         if isinstance(response, dict) and isinstance(response.get("Error"), dict):
             return str(response["Error"].get("Code", "")) or None
-        seen = seen.__cause__ or seen.__context__
     return None
 
 
 def is_unresolvable(exc: BaseException) -> bool:
     """Whether `exc` (or what caused it) says a host name does not resolve."""
+    return any(
+        isinstance(seen, socket.gaierror) or any(marker in str(seen) for marker in _UNRESOLVABLE_MARKERS)
+        for seen in _causes(exc)
+    )
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """`exc`, then what caused it, and so on: at most 8 links (a chain can loop)."""
     seen: BaseException | None = exc
-    for _ in range(8):  # the chain of causes, bounded
+    for _ in range(8):
         if seen is None:
-            return False
-        if isinstance(seen, socket.gaierror) or any(marker in str(seen) for marker in _UNRESOLVABLE_MARKERS):
-            return True
+            return
+        yield seen
         seen = seen.__cause__ or seen.__context__
-    return False
 
 
 @dataclass(frozen=True)
