@@ -27,14 +27,13 @@ RUN = {  # the golden tiny model at a small size, a batch and a file every two i
 }
 
 
-def wait_for_all_cpus(ray, seconds: float = 30.0) -> float:
-    """Seconds until every CPU of the session's Ray is free again; fails after `seconds`."""
+def wait_for_all_cpus(ray, seconds: float = 30.0) -> None:
+    """Wait until every CPU of the session's Ray is free again; fails after `seconds`."""
     total, started = ray.cluster_resources()["CPU"], time.monotonic()
     while ray.available_resources().get("CPU", 0.0) < total:
         held = total - ray.available_resources().get("CPU", 0.0)
         assert time.monotonic() - started < seconds, f"{held:g} CPUs still held {seconds:g}s after the run ended"
         time.sleep(0.2)
-    return time.monotonic() - started
 
 
 def write_images(folder: Path, count: int) -> list[str]:
